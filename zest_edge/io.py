@@ -1,0 +1,101 @@
+"""Atomic file output and durable append-only logs."""
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ZestError
+
+FORMAT_PREFIX = "zest-edge/"
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write to a temporary sibling, fsync, then rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+
+
+def write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def read_json(path, kind: str | None = None) -> dict:
+    """Read a JSON file; with `kind`, check its `format` field is zest-edge/<kind>."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZestError(f"file not found: {path}")
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZestError(f"{path} is not valid JSON ({e})") from None
+    if kind is not None and (not isinstance(obj, dict) or obj.get("format") != FORMAT_PREFIX + kind):
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise ZestError(f"{path} is not a zest-edge {kind} file (format: {found!r})")
+    return obj
+
+
+def append_jsonl(path, row: dict) -> None:
+    """Append one JSON row and fsync, so a kill never loses a finished row."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (killed mid-write) is ignored, a corrupt middle line is an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ZestError(f"{path}: line {i + 1} is corrupt") from None
+    return rows
+
+
+@contextlib.contextmanager
+def atomic_dir(out, force: bool = False):
+    """Yield a temporary sibling folder; on success it replaces `out`, on failure it is removed."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ZestError(f"output {out} exists and is not empty (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
