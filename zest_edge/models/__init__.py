@@ -1,0 +1,85 @@
+"""Model registry: `build_model(name, num_classes=..., weights=...)` returns an nn.Module with a `zest_spec`.
+
+Every builder is keyword-only, replaces the classification head with a fresh `num_classes` one, and attaches a
+`ModelSpec` that names the head module and the preprocessing the weights expect. A user's own module works
+everywhere once it carries a spec: `attach_spec(module, ModelSpec(...))`.
+"""
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..data import Preprocess
+from ..errors import ZestError
+from ..registry import Registry
+
+MODELS = Registry("model")
+PREPROCESS: dict[str, Preprocess] = {}      # input each registered model expects; default: ImageNet 224 px
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    head: str                                  # qualified name of the classification head module
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    weights: str = "random"                    # where the backbone weights came from
+
+
+def attach_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    model.zest_spec = spec
+    return model
+
+
+def get_spec(model: nn.Module) -> ModelSpec:
+    spec = getattr(model, "zest_spec", None)
+    if spec is None:
+        raise ZestError("model has no zest_spec: build it with zest_edge.models.build_model or call attach_spec")
+    return spec
+
+
+def build_model(name: str, *, num_classes: int, weights: str | None = None) -> nn.Module:
+    """Build a registered model; `weights` is a local state_dict path that overrides the default weights."""
+    if num_classes < 2:
+        raise ZestError(f"num_classes must be at least 2, got {num_classes}")
+    return MODELS.get_or_fail(name)(num_classes=num_classes, weights=weights)
+
+
+def model_preprocess(name: str) -> Preprocess:
+    """The preprocessing of a registered model, known without building it."""
+    MODELS.get_or_fail(name)
+    return PREPROCESS.get(name, Preprocess())
+
+
+def load_state_dict_file(path) -> dict:
+    """Load a state_dict with `weights_only=True`, turning every failure into a one-line ZestError."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_file():
+        raise ZestError(f"weights file not found: {path}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise ZestError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ZestError(f"{path} is not a state_dict (a dict of tensors)")
+    return sd
+
+
+def load_backbone(model: nn.Module, state_dict: dict, head: str, source: str) -> None:
+    """Load everything but the head; a missing or mis-shaped key is a one-line error naming it."""
+    own = {k: v for k, v in model.state_dict().items()
+           if not k.startswith(head + ".") and not (k.endswith("num_batches_tracked") and k not in state_dict)}
+    given = {k: v for k, v in state_dict.items() if not k.startswith(head + ".")}
+    missing = sorted(set(own) - set(given))
+    if missing:
+        raise ZestError(f"weights {source} do not match this model: missing {len(missing)} keys, e.g. {missing[0]}")
+    for k, v in own.items():
+        if given[k].shape != v.shape:
+            raise ZestError(f"weights {source} do not match this model: {k} has shape "
+                            f"{tuple(given[k].shape)}, expected {tuple(v.shape)}")
+    model.load_state_dict({**model.state_dict(), **{k: given[k] for k in own}})
+
+
+from . import efficientnet_lite, minilm, mobilenet, resnet  # noqa: E402,F401  (register builders)

