@@ -5,6 +5,7 @@ Every builder is keyword-only, replaces the classification head with a fresh `nu
 everywhere once it carries a spec: `attach_spec(module, ModelSpec(...))`.
 """
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -23,6 +24,10 @@ class ModelSpec:
     head: str                                  # qualified name of the classification head module
     preprocess: Preprocess = field(default_factory=Preprocess)
     weights: str = "random"                    # where the backbone weights came from
+    # Optional split of forward() into stages: [(module-name prefixes, fn)], each fn maps the previous stage's
+    # output to the next. Stage boundaries are where everything downstream depends only on the passed value,
+    # which lets the sparse engine run a frozen prefix without autograd and cache its output.
+    stages: Callable[[nn.Module], list[tuple[tuple[str, ...], Callable]]] | None = None
 
 
 def attach_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:

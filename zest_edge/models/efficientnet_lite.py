@@ -39,6 +39,13 @@ def rename_packaged(state_dict: dict, model: nn.Module) -> dict:
     return {o: state_dict[t] for o, t in zip(ours, theirs)}
 
 
+def stages(model):
+    """Stem, each block of each stage, then head conv + pool + classifier (timm's forward, split)."""
+    blocks = [((f"blocks.{i}.{j}",), block) for i, stage in enumerate(model.blocks) for j, block in enumerate(stage)]
+    return [(("conv_stem", "bn1"), lambda x: model.bn1(model.conv_stem(x))), *blocks,
+            (("conv_head", "bn2", "classifier"), lambda x: model.forward_head(model.bn2(model.conv_head(x))))]
+
+
 def _lite(name: str, num_classes: int, weights: str | None) -> nn.Module:
     model = timm.create_model("tf_" + name, pretrained=False)
     if weights:
@@ -49,7 +56,8 @@ def _lite(name: str, num_classes: int, weights: str | None) -> nn.Module:
         load_backbone(model, rename_packaged(load_state_dict_file(path), model), "classifier", str(path))
         source = f"imagenet ({path.name})"
     model.reset_classifier(num_classes)
-    return attach_spec(model, ModelSpec(name, head="classifier", preprocess=PREPROCESS[name], weights=source))
+    return attach_spec(model, ModelSpec(name, head="classifier", preprocess=PREPROCESS[name], weights=source,
+                                        stages=stages))
 
 
 @MODELS.register("efficientnet_lite0")

@@ -38,11 +38,30 @@ class MiniLMClassifier(nn.Module):
         self.dropout = nn.Dropout(0.1)
         self.classifier = nn.Linear(self.bert.config.hidden_size, num_classes)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        mask = (input_ids != 0).to(torch.float32)
-        hidden = self.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    def embed(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings, padding mask) — the state passed between stages."""
+        return self.bert.embeddings(input_ids=input_ids), (input_ids != 0).to(torch.float32)
+
+    def encode(self, layer: nn.Module, state: tuple) -> tuple:
+        hidden, mask = state
+        additive = (1.0 - mask[:, None, None, :]) * torch.finfo(hidden.dtype).min
+        return layer(hidden, attention_mask=additive), mask
+
+    def classify(self, state: tuple) -> torch.Tensor:
+        hidden, mask = state
         pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
         return self.classifier(self.dropout(pooled))
+
+    def stages(self):
+        layers = [((f"bert.encoder.layer.{i}",), lambda s, layer=layer: self.encode(layer, s))
+                  for i, layer in enumerate(self.bert.encoder.layer)]
+        return [(("bert.embeddings",), self.embed), *layers, (("classifier",), self.classify)]
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        state = input_ids
+        for _, fn in self.stages():
+            state = fn(state)
+        return state
 
 
 @MODELS.register("minilm_l6")
@@ -50,5 +69,5 @@ def minilm_l6(*, num_classes: int, weights: str | None = None) -> nn.Module:
     model = MiniLMClassifier(packaged_model_dir(), num_classes)
     if weights:
         load_backbone(model, load_state_dict_file(weights), "classifier", weights)
-    return attach_spec(model, ModelSpec("minilm_l6", head="classifier", preprocess=PREPROCESS["minilm_l6"],
+    return attach_spec(model, ModelSpec("minilm_l6", head="classifier", preprocess=PREPROCESS["minilm_l6"], stages=MiniLMClassifier.stages,
                                         weights=weights or f"pretrained ({PACKAGE})"))

@@ -1,8 +1,16 @@
 """ResNet-18/50 (torchvision): random init, or a local torchvision state_dict."""
+import torch
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18, resnet50 as tv_resnet50
 
 from . import MODELS, ModelSpec, attach_spec, load_backbone, load_state_dict_file
+
+
+def stages(model):
+    """Stem, each residual block, then pool + fc (torchvision's forward, split)."""
+    stem = lambda x: model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    blocks = [((f"layer{i}.{j}",), block) for i in range(1, 5) for j, block in enumerate(getattr(model, f"layer{i}"))]
+    return [(("conv1", "bn1"), stem), *blocks, (("fc",), lambda x: model.fc(torch.flatten(model.avgpool(x), 1)))]
 
 
 def _resnet(name, factory, num_classes, weights):
@@ -10,7 +18,7 @@ def _resnet(name, factory, num_classes, weights):
     if weights:
         load_backbone(model, load_state_dict_file(weights), "fc", weights)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return attach_spec(model, ModelSpec(name, head="fc", weights=weights or "random"))
+    return attach_spec(model, ModelSpec(name, head="fc", weights=weights or "random", stages=stages))
 
 
 @MODELS.register("resnet18")
