@@ -156,7 +156,10 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
     records, start_epoch = [], 0
     if out.exists() and any(out.iterdir()):
         if resume and (out / "config.json").exists():
-            if config_hash(read_json(out / "config.json", "run-config")) != config_hash(config):
+            # `epochs` is where a run stops, not what it does (the lr is constant, each epoch's order is seeded by
+            # its index): a resume may extend it, and 1 + 1 epochs equal a 2-epoch run.
+            same = lambda c: config_hash({**c, "schedule": {k: v for k, v in c["schedule"].items() if k != "epochs"}})
+            if same(read_json(out / "config.json", "run-config")) != same(config):
                 raise ZestError(f"{out} holds a run with a different configuration; use another --out")
         elif not force:
             raise ZestError(f"output {out} exists and is not empty (use --resume to continue it or --force to replace it)")

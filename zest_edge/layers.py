@@ -52,13 +52,14 @@ def layer_map(model: nn.Module, example: torch.Tensor | None = None) -> list[Lay
     order = []
     hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
              for name, m in candidates.items()]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]      # per module: a mix of train/eval must survive
     try:
         model.eval()
         with torch.no_grad():
             model(dummy_input(model) if example is None else example)
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
         for h in hooks:
             h.remove()
     seen = list(dict.fromkeys(order))

@@ -101,7 +101,9 @@ def following_bn(model: nn.Module, layer_names: list[str], example) -> list[str]
 
 
 def sparsify(model: nn.Module, layers: list[str] | None, bn: str = "frozen") -> SparseModel:
-    """Freeze all but `layers` (+ head) and split the forward at the earliest chosen layer; None = full."""
+    """Freeze all but `layers` (+ head) and split the forward at the earliest chosen layer.
+
+    layers=None: full fine-tuning; layers=[]: the head alone."""
     if bn not in BN_POLICIES:
         raise ZestError(f"unknown BN policy {bn!r}; choose from: {', '.join(BN_POLICIES)}")
     spec = get_spec(model)
@@ -112,8 +114,6 @@ def sparsify(model: nn.Module, layers: list[str] | None, bn: str = "frozen") -> 
         if head_named:
             raise ZestError(f"{head_named[0]!r} is the head, which always trains; name candidate layers "
                             "(`zest-edge layers --model M`)")
-        if not layers:
-            raise ZestError("no layers selected: name at least one layer, or use full fine-tuning")
     selected = all_layers if full else resolve_layers(all_layers, layers)
     modules = dict(model.named_modules())
     for p in model.parameters():
@@ -135,7 +135,7 @@ def sparsify(model: nn.Module, layers: list[str] | None, bn: str = "frozen") -> 
     stages = spec.stages(model) if spec.stages else []
     cut = 0
     if stages and not full:
-        first = selected[0].name
+        first = selected[0].name if selected else spec.head      # layers=[]: head only
         owners = [i for i, (prefixes, _) in enumerate(stages) if first.startswith(tuple(p + "." for p in prefixes)) or first in prefixes]
         if not owners:
             raise ZestError(f"layer {first!r} belongs to no stage of {spec.name}")

@@ -19,6 +19,7 @@ class Task:
     val: Dataset
     preprocess: Preprocess
     seed: int
+    load_args: dict            # the load_task arguments, to rebuild the task elsewhere (e.g. a Ray worker)
 
     def describe(self) -> dict:
         return {"model": self.model_name, "data": self.data_spec, "resolution": self.preprocess.resolution,
@@ -43,8 +44,11 @@ def load_task(model: str, data: str, *, weights: str | None = None, resolution: 
     if val_limit is None and limit is not None:
         val_limit = max(limit // 4, 10 * train.num_classes)
     val = build_dataset(data, "val", preprocess=preprocess, limit=val_limit, seed=seed, data_root=data_root)
-    net = build_model(model, num_classes=train.num_classes, weights=weights)
-    return Task(model, data, net, train, val, preprocess, seed)
+    with torch.random.fork_rng():          # the new head (and any random init) is fixed by the seed
+        torch.manual_seed(seed)
+        net = build_model(model, num_classes=train.num_classes, weights=weights)
+    args = dict(weights=weights, resolution=resolution, limit=limit, val_limit=val_limit, seed=seed, data_root=data_root)
+    return Task(model, data, net, train, val, preprocess, seed, {"model": model, "data": data, **args})
 
 
 def sample_batch(dataset: Dataset, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,22 @@
+"""YAML configs (yaml.safe_load only), checked against the keys a command accepts."""
+from pathlib import Path
+
+import yaml
+
+from .errors import ZestError
+
+
+def load_config(path, allowed: set[str]) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ZestError(f"config not found: {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ZestError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise ZestError(f"{path} must hold a mapping of settings")
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ZestError(f"{path}: unknown setting {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    return cfg

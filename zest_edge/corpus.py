@@ -1,0 +1,56 @@
+"""The corpus: one file per model–dataset combination with contribution scores and zero-shot metrics.
+
+corpus/<name>.json = {"format": "zest-edge/combination", "model", "data", "sweep": sweep config,
+  "head_acc", "sweep_seconds", "metric_batches": [seeds], "layers": [{layer map fields, "contribution",
+  "metrics": {first batch}, "metrics_by_batch": [{...} per batch]}]}
+"""
+from pathlib import Path
+
+from .contrib import HEAD, load_sweep
+from .errors import ZestError
+from .io import read_json, write_json
+from .metrics_file import metrics_record
+from .task import Task
+
+
+def combination_record(task: Task, sweep_dir, *, batch_size: int, batch_seeds: list[int]) -> dict:
+    """Join a finished sweep with metrics from several minibatches (the first is the one the predictor uses)."""
+    sweep = load_sweep(sweep_dir)
+    records = [metrics_record(task, batch_size=batch_size, batch_seed=s) for s in batch_seeds]
+    layers = records[0]["layers"]
+    missing = [l["name"] for l in layers if l["name"] not in sweep["rows"]] + ([HEAD] if HEAD not in sweep["rows"] else [])
+    if missing:
+        raise ZestError(f"sweep in {sweep_dir} is unfinished: {len(missing)} layers missing (e.g. {missing[0]})")
+    out = []
+    for i, layer in enumerate(layers):
+        row = sweep["rows"][layer["name"]]
+        out.append({**layer, "contribution": row["acc"], "curve": row["curve"],
+                    "metrics_by_batch": [r["layers"][i]["metrics"] for r in records]})
+    return {"format": "zest-edge/combination", "version": 1, "model": task.model_name, "data": task.data_spec,
+            "sweep": sweep["config"], "head_acc": sweep["rows"][HEAD]["acc"],
+            "sweep_seconds": round(sum(r["seconds"] for r in sweep["rows"].values()), 1),
+            "metric_batches": batch_seeds, "batch_size": batch_size, "metric_names": records[0]["metric_names"],
+            "metric_seconds": [r["seconds"] for r in records], "layers": out}
+
+
+def load_corpus(path) -> list[dict]:
+    """Every combination file in a folder (or one file), checked."""
+    path = Path(path)
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files:
+        raise ZestError(f"no combination files (*.json) in {path}")
+    combos = []
+    for f in files:
+        c = read_json(f, "combination")
+        for i, layer in enumerate(c.get("layers", [])):
+            if not isinstance(layer.get("contribution"), (int, float)) or not isinstance(layer.get("metrics"), dict):
+                raise ZestError(f"{f}: layer row {i} is corrupt (needs a numeric contribution and metrics)")
+        if len(c.get("layers", [])) < 2:
+            raise ZestError(f"{f}: fewer than 2 layers")
+        c["file"] = f.name
+        combos.append(c)
+    return combos
+
+
+def write_combination(path, record: dict) -> None:
+    write_json(path, record)
