@@ -26,7 +26,7 @@ def synthetic_combo(rng, n=30, scale=1.0, planted=True):
 def test_learns_planted_ranking_across_scales():
     rng = np.random.default_rng(0)
     combos = [synthetic_combo(rng, scale=10.0 ** k) for k in range(-3, 4)]
-    p = train(combos[:-1], METRICS, epochs=300)
+    p = train(combos[:-1], METRICS, epochs=150, lr=0.03)
     layers, y = combos[-1]
     assert tau(p.score(layers), y) > 0.9
 
@@ -34,7 +34,7 @@ def test_learns_planted_ranking_across_scales():
 def test_does_not_learn_shuffled_labels():
     rng = np.random.default_rng(1)
     combos = [synthetic_combo(rng, planted=False) for _ in range(6)]
-    p = train(combos[:-1], METRICS, epochs=300)
+    p = train(combos[:-1], METRICS, epochs=150, lr=0.03)
     held = [synthetic_combo(rng, planted=False) for _ in range(20)]
     assert abs(np.mean([tau(p.score(l), y) for l, y in held])) < 0.1
 
@@ -79,7 +79,7 @@ def test_leave_one_out_evaluation_reports_every_baseline():
     for i, (model, data) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")]):
         layers, _ = synthetic_combo(rng, scale=10.0 ** i)
         combos.append({"model": model, "data": data, "sweep": {"task": {"resolution": 32}}, "layers": layers})
-    res = evaluate(combos, METRICS, epochs=200)
+    res = evaluate(combos, METRICS, epochs=100, lr=0.03)
     assert set(res) == {"combination", "dataset", "model"}
     row = res["combination"]["rows"][0]
     for key in ("predictor_tau", "best_train_metric_tau", "oracle_tau", "random_tau", "predictor_top5", "single_metric_taus"):

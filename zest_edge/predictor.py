@@ -146,5 +146,5 @@ def train(combos: list[tuple[list[dict], np.ndarray]], metric_names: list[str], 
         opt.step()
     weights = {"skip": skip.detach().numpy(), "W1": W1.detach().numpy(), "b1": b1.detach().numpy(), "w2": w2.detach().numpy()}
     prov = {"hidden": hidden, "epochs": epochs, "lr": lr, "l2": l2, "margin": margin, "seed": seed,
-            "pairs": int(len(a)), "final_loss": float(loss), **(provenance or {})}
+            "pairs": int(len(a)), "final_loss": float(loss.detach()), **(provenance or {})}
     return Predictor(metric_names, weights, prov)

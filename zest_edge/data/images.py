@@ -127,3 +127,14 @@ def animal_mnist(req: Request):
     _, twins = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))).ravel(), return_inverse=True)
     idx = req.pick(labels, pooled=True, groups=twins)     # 284 images appear twice; keep each pair together
     return ArrayImages(req, ANIMAL_CLASSES, images[idx], labels[idx])
+
+
+@register("digits", "image")
+def digits(req: Request):
+    """scikit-learn's bundled 1,797 8x8 handwritten digits (values 0–16 scaled to 0–255) -> stratified 80/20."""
+    from sklearn.datasets import load_digits
+    bunch = load_digits()
+    images = (bunch.images * (255 / 16)).round().astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    idx = req.pick(labels, pooled=True)
+    return ArrayImages(req, [str(d) for d in range(10)], images[idx], labels[idx])
