@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py pyproject.toml $(wil
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/zest-edge demo
+	$(VENV)/bin/zest-edge demo --out demo_out --force
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

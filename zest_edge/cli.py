@@ -399,6 +399,7 @@ def _refuse_nonempty(out, force: bool, hint: str = "use --force to replace it") 
 @click.option("--layers", default=None, help="Comma-separated layer names to train.")
 @click.option("--full", is_flag=True, help="Full fine-tuning (every layer and BatchNorm trains): the baseline.")
 @click.option("--predictor", type=click.Path(dir_okay=False), default=None, help="Predictor JSON for --top-k ranking.")
+@click.option("--metric", default=None, help="Rank by one metric instead of the predictor ('-' prefix: low first).")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
               help="adamw = torch.optim.AdamW; sgd = plain SGD (ORT's on-device SGD has no momentum).")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -409,8 +410,8 @@ def _refuse_nonempty(out, force: bool, hint: str = "use --force to replace it") 
 @click.option("--fp16", is_flag=True, help="FP16 TensorRT engine (with --format tensorrt).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifacts folder to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
-def export(top_k, ranking, layers, full, predictor, optimizer, lr, weight_decay, batch_size, fmt, fp16, out, force,
-           **task_args):
+def export(top_k, ranking, layers, full, predictor, metric, optimizer, lr, weight_decay, batch_size, fmt, fp16, out,
+           force, **task_args):
     """Export ONNX Runtime Training artifacts (+ inference ONNX, optional TensorRT engine) for the chosen layers."""
     from .export import export_artifacts
     from .layers import layer_map, resolve_layers
@@ -420,6 +421,8 @@ def export(top_k, ranking, layers, full, predictor, optimizer, lr, weight_decay,
         raise ZestError("choose exactly one of --top-k K, --ranking FILE (optionally with --top-k), --layers, --full")
     if fp16 and fmt != "tensorrt":
         raise ZestError("--fp16 applies to --format tensorrt")
+    if (predictor or metric) and (top_k is None or ranking is not None):
+        raise ZestError("--predictor and --metric rank layers for --top-k (without --ranking)")
     if batch_size < 1:
         raise ZestError(f"--batch-size must be at least 1, got {batch_size}")
     _refuse_nonempty(out, force)
@@ -448,7 +451,7 @@ def export(top_k, ranking, layers, full, predictor, optimizer, lr, weight_decay,
     else:
         from .ranking import rank_task
         start = time.perf_counter()
-        record = rank_task(task, top_k=top_k, predictor=predictor)
+        record = rank_task(task, top_k=top_k, predictor=predictor, metric=metric)
         names = list(record["selected"])
         click.echo(f"ranked {len(lmap)} layers by {record.get('ranked_by', 'predictor')} in "
                    f"{time.perf_counter() - start:.1f} s")
@@ -467,8 +470,8 @@ def export(top_k, ranking, layers, full, predictor, optimizer, lr, weight_decay,
     what = "all layers (full fine-tuning)" if names is None else f"{len(sel)} layers"
     click.echo(f"selected {what} + head {manifest['head']['name']}"
                + ("" if names is None else ": " + ", ".join(layer["name"] for layer in sel)))
-    p = manifest["parameters"]
-    click.echo(f"trainable {p['trainable']:,} of {p['total']:,} parameters ({100 * p['trainable_share']:.2f}%); "
+    click.echo(f"trainable {manifest['trainable_params']:,} of {manifest['total_params']:,} parameters "
+               f"({100 * manifest['trainable_share']:.2f}%); "
                f"{manifest['gradient_nodes']} gradient nodes; {manifest['optimizer']['kind']} lr {lr:g}")
     files = dict(manifest["files"])
     if "tensorrt" in manifest:
@@ -541,6 +544,23 @@ def build_engine(onnx_path, out, fp16, workspace_gb, max_batch, force):
     report = build(onnx_path, out, fp16=fp16, workspace_gb=workspace_gb, max_batch=max_batch)
     click.echo(f"wrote {out} ({_size(report['bytes'])}, TensorRT {report['tensorrt']}, "
                f"{'fp16' if fp16 else 'fp32'}, batch 1..{max_batch})")
+
+
+@cli.command()
+@click.option("--model", "model_name", default="efficientnet_lite0", show_default=True)
+@click.option("--data", "data_spec", default="fashion_mnist", show_default=True)
+@click.option("--weights", default=None, help="Local state_dict (e.g. torchvision MobileNetV2 weights).")
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--limit", type=int, default=600, show_default=True, help="Training examples.")
+@click.option("--resolution", type=int, default=64, show_default=True)
+@click.option("--epochs", type=int, default=2, show_default=True, help="On-device epochs.")
+@click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def demo(model_name, data_spec, weights, top_k, limit, resolution, epochs, out, force):
+    """The deployment story: rank, export the top-k to ORT, fine-tune on device, report."""
+    from .demo import run_demo
+    run_demo(out, model=model_name, data=data_spec, weights=weights, top_k=top_k, limit=limit, resolution=resolution,
+             epochs=epochs, force=force, echo=click.echo)
 
 
 def main():

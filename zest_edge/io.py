@@ -11,6 +11,12 @@ from .errors import ZestError
 FORMAT_PREFIX = "zest-edge/"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write to a temporary sibling, fsync, then rename into place."""
     path = Path(path)
@@ -21,6 +27,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -86,6 +93,7 @@ def atomic_dir(out, force: bool = False):
         raise ZestError(f"output {out} exists and is not empty (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
