@@ -10,43 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from zest_edge.cli import main
+from cli_helpers import run_main, one_line_error
 from zest_edge.metrics import METRICS
 
 ZEST = str(Path(sys.executable).with_name("zest-edge"))
 CORE_COMMANDS = ("doctor", "models", "layers", "metrics", "finetune", "evaluate")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPUs are shared: one intra-op thread avoids OpenMP spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run_main(monkeypatch, capsys, *args):
-    """zest_edge.cli.main in-process, with its ZestError -> one stderr line + exit 2 wrapper."""
-    monkeypatch.setattr(sys, "argv", ["zest-edge", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 def test_help_lists_commands_with_one_line_descriptions():
@@ -118,7 +86,7 @@ def test_unknown_names_list_valid_choices(monkeypatch, capsys, tmp_path, args, f
     out = tmp_path / "m.json"
     code, _, err = run_main(monkeypatch, capsys, "metrics", *args, "--limit", "20", "--resolution", "32",
                             "--batch-size", "4", "--out", str(out))
-    assert_one_line_error(code, err, *fragments)
+    one_line_error(code, err, *fragments)
     assert not out.exists()
 
 
@@ -158,7 +126,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, tm
     args = [x for k, v in opts.items() if v is not None for x in (k, v)]
     out, csv_path = tmp_path / "m.json", tmp_path / "m.csv"
     code, stdout, err = run_main(monkeypatch, capsys, "metrics", *args, "--out", str(out), "--csv", str(csv_path))
-    assert_one_line_error(code, err, *fragments)
+    one_line_error(code, err, *fragments)
     assert not out.exists() and not csv_path.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -167,5 +135,5 @@ def test_bad_input_through_the_installed_entry_point(tmp_path):
     r = subprocess.run([ZEST, "metrics", "--model", "mobilenet_v2", "--data", "fashion_mnist", "--limit", "20",
                         "--resolution", "32", "--batch-size", "21", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
-    assert_one_line_error(r.returncode, r.stderr, "--batch-size must be between 1 and the dataset size (20), got 21")
+    one_line_error(r.returncode, r.stderr, "--batch-size must be between 1 and the dataset size (20), got 21")
     assert r.stdout == "" and not out.exists()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_helpers import run_main, one_line_error
 from zest_edge.cli import main
 from zest_edge.data import Preprocess, build_dataset
 from zest_edge.device import device_train, evaluate_onnx
@@ -17,35 +18,6 @@ from zest_edge.export.tensorrt import TRT_MISSING
 
 RES = 32
 LAYERS = "features.15.conv.2,features.16.conv.0.0,features.16.conv.1.0"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["zest-edge", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,6 @@ PARAM_RTOL = 1e-4      # per tensor: max |w_ort - w_torch| <= 1e-4 * max |w_torc
 LOSS_RTOL = 1e-5       # measured: ~1e-7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPUs are shared: one intra-op thread avoids OpenMP spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def calibrated(model, batches):
     """Running stats from real batches (random init otherwise makes eval-mode activations vanish), dropout off."""
     model.train()

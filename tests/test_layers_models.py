@@ -16,15 +16,6 @@ from zest_edge.models.efficientnet_lite import packaged_weights, rename_packaged
 ZEST = str(Path(sys.executable).with_name("zest-edge"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPUs are shared: one intra-op thread avoids OpenMP spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def executed_order(model, x, head):
     """Conv2d/Linear modules (outside the head) in the order their forward runs, by our own hooks."""
     order = []

@@ -20,15 +20,6 @@ ALL = ["wt_avg", "wt_std", "wt_abs_avg", "wt_abs_std", "act_avg", "act_std", "ac
 B, CLASSES = 8, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPUs are shared: one intra-op thread avoids OpenMP spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_registry_holds_the_18_metrics():
     assert sorted(METRICS) == sorted(ALL)
 

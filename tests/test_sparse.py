@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from zest_edge.cli import main
+from cli_helpers import run_main, one_line_error
 from zest_edge.errors import ZestError
 from zest_edge.finetune import Schedule, finetune
 from zest_edge.layers import layer_map
@@ -22,15 +22,6 @@ from zest_edge.task import load_task
 ZEST = str(Path(sys.executable).with_name("zest-edge"))
 BN = nn.modules.batchnorm._BatchNorm
 TIMINGS = {"train_seconds", "step_ms_median", "peak_rss_mb", "cache_seconds"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPUs are shared: one intra-op thread avoids OpenMP spinning against other processes (10x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def mobilenet(seed=0, calibrate=False):
@@ -244,26 +235,8 @@ TASK_ARGS = ["--model", "mobilenet_v2", "--data", "fashion_mnist", "--resolution
              "--epochs", "1", "--batch-size", "8"]
 
 
-def run_main(monkeypatch, capsys, *args):
-    """zest_edge.cli.main in-process (its ZestError -> one line + exit 2 wrapper included)."""
-    monkeypatch.setattr(sys, "argv", ["zest-edge", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def assert_refused(code, err, out_dir, *fragments):
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
+    one_line_error(code, err, *fragments)
     assert not out_dir.exists()
 
 

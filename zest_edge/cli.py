@@ -1,5 +1,4 @@
 """The `zest-edge` command line: argument checking and printing over the Python API, nothing else."""
-import functools
 import sys
 import time
 

@@ -107,7 +107,6 @@ def advance(stage_fn, x, batch_size: int = 128):
 def run_sweep(task: Task, schedule: Schedule, out, *, shard: tuple[int, int] = (0, 1), backend: str = "local",
               address: str | None = None, progress: bool = True) -> dict:
     """Sweep every candidate layer (this shard's slice) plus the head-only baseline; returns load_sweep(out)."""
-    from tqdm import tqdm
     from .finetune import config_hash
     schedule.check()
     out = Path(out)

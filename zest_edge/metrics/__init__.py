@@ -11,7 +11,6 @@ import warnings
 import torch
 from torch import nn
 
-from ..errors import ZestError
 from ..layers import layer_map, resolve_layers
 from ..models import get_spec
 from ..registry import Registry
