@@ -254,14 +254,17 @@ def contrib(config_path, out, shard, backend, address, corpus_out, **flags):
 @click.option("--hidden", type=int, default=8, show_default=True, help="Hidden units (0 = linear scorer).")
 @click.option("--epochs", type=int, default=400, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_predictor(corpus, out, hidden, epochs, seed):
+@click.option("--exclude", multiple=True, help="Leave out combination files whose name contains this (repeatable).")
+def train_predictor(corpus, out, hidden, epochs, seed, exclude):
     """Train the pairwise predictor on a corpus of contribution sweeps."""
     import datetime
     from .corpus import load_corpus
     from .metrics import METRICS
     from .predictor import train
     from .predictor_eval import contributions
-    combos = load_corpus(corpus)
+    combos = [c for c in load_corpus(corpus) if not any(x in c["file"] for x in exclude)]
+    if not combos:
+        raise ZestError("--exclude left no combination to train on")
     names = [m for m in METRICS if all(m in c["metric_names"] for c in combos)]
     predictor = train([(c["layers"], contributions(c)) for c in combos], names, hidden=hidden, epochs=epochs, seed=seed,
                       provenance={"id": f"zest-{datetime.date.today().isoformat()}", "corpus": [c["file"] for c in combos]})
