@@ -6,7 +6,7 @@ from .io import atomic_dir
 
 
 def run_demo(out, *, model: str = "efficientnet_lite0", data: str = "fashion_mnist", top_k: int = 5,
-             limit: int = 600, resolution: int = 64, epochs: int = 2, batch_size: int = 32, lr: float = 1e-3,
+             limit: int = 600, resolution: int = 64, epochs: int = 2, batch_size: int = 32, lr: float = 3e-4,
              weights: str | None = None, force: bool = False, echo=print) -> dict:
     from .device import device_train, evaluate_onnx
     from .export import export_artifacts
