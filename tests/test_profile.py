@@ -113,9 +113,10 @@ def test_peak_memory_sees_an_allocation(monkeypatch, hwm_reset):
 
 
 def test_head_only_trains_the_head_alone():
+    from zest_edge.sparse import sparsify
     torch.manual_seed(0)
     model = build_model("mobilenet_v2", num_classes=10)
-    sm = prof.sparse_model(model, [])
+    sm = sparsify(model, [])
     assert [n for n, _ in sm.trainable] == ["classifier.1.weight", "classifier.1.bias"]
     assert len(sm.suffix) == 1 and sm.selected == [] and not sm.full
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -125,24 +126,6 @@ def test_head_only_trains_the_head_alone():
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {"classifier.1.weight", "classifier.1.bias"}
     assert all(not m.training for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
-
-
-def test_head_only_fallback_matches():
-    torch.manual_seed(0)
-    model = build_model("mobilenet_v2", num_classes=10)
-    mine = prof.head_only(model)
-    assert [n for n, _ in mine.trainable] == ["classifier.1.weight", "classifier.1.bias"]
-    assert len(mine.prefix) == len(model.zest_spec.stages(model)) - 1
-
-
-def test_allow_head_only_patches_and_restores():
-    from zest_edge import finetune, sparse
-    original = sparse.sparsify
-    with prof.allow_head_only():
-        sm = finetune.sparsify(build_model("mobilenet_v2", num_classes=10), [])
-        assert sm.trainable_count() == 12810
-        assert sparse.sparsify(build_model("mobilenet_v2", num_classes=10), ["features.18.0"]).selected
-    assert sparse.sparsify is original and finetune.sparsify is original
 
 
 def test_profile_errors(tmp_path):

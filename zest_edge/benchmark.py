@@ -230,7 +230,6 @@ def benchmark(config_path, out, *, resume: bool = False, progress: bool = True) 
     from tqdm import tqdm
     from .finetune import config_hash, finetune
     from .io import read_json, write_json
-    from .profile import allow_head_only
     cfg = load_benchmark_config(config_path)
     out = Path(out)
     plan_path = out / "plan.json"
@@ -264,9 +263,8 @@ def benchmark(config_path, out, *, resume: bool = False, progress: bool = True) 
             import shutil
             shutil.rmtree(path)                         # killed before finetune wrote anything
         task = tasks.get(run["seed"])
-        with allow_head_only():
-            finetune(task, run["layers"], dataclasses.replace(sched), path, resume=partial,
-                     selection={**run["selection"], "benchmark": run["label"]}, progress=False)
+        finetune(task, run["layers"], dataclasses.replace(sched), path, resume=partial,
+                 selection={**run["selection"], "benchmark": run["label"]}, progress=False)
         write_json(out / "results.json", summarize(cfg, plan, out, complete=False))
     bar.close()
     record = summarize(cfg, plan, out, complete=True)

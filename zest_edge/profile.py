@@ -63,6 +63,7 @@ import time
 from pathlib import Path
 
 from .errors import ZestError
+from .sparse import sparsify
 
 FORMAT = "zest-edge/profile"
 VERSION = 1
@@ -72,77 +73,6 @@ OPTIMIZERS = ("adamw", "sgd")
 RESULT_TAG = "ZEST_PROFILE_RESULT "
 PRELOAD = ["numpy", "torch", "zest_edge.models", "zest_edge.sparse", "zest_edge.fused", "zest_edge.layers",
            "onnxruntime", "onnxruntime.training.api"]
-
-
-# ------------------------------------------------------------------------------------------------ head-only
-
-def head_only(model, bn: str = "frozen"):
-    """A SparseModel that trains the head alone: the stages before the head's stage run without autograd.
-
-    For a `sparsify` that needs at least one layer; the layers=[] case with the same BN/Dropout policy (every BN
-    frozen: there is no chosen layer for "train-selected" to follow)."""
-    from .models import get_spec
-    from .sparse import BN_POLICIES, SparseModel
-    if bn not in BN_POLICIES:
-        raise ZestError(f"unknown BN policy {bn!r}; choose from: {', '.join(BN_POLICIES)}")
-    spec = get_spec(model)
-    modules = dict(model.named_modules())
-    if spec.head not in modules:
-        raise ZestError(f"{spec.name}: head {spec.head!r} is not a module of the model")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in modules[spec.head].parameters():
-        p.requires_grad_(True)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    stages = spec.stages(model) if spec.stages else []
-    cut = 0
-    if stages:
-        head = spec.head
-        owners = [i for i, (prefixes, _) in enumerate(stages)
-                  if head in prefixes or head.startswith(tuple(p + "." for p in prefixes))]
-        if not owners:
-            raise ZestError(f"head {head!r} belongs to no stage of {spec.name}")
-        cut = owners[0]
-    sm = SparseModel(model, [], False, trainable, [], stages[:cut], stages[cut:])
-    sm.train_mode()
-    return sm
-
-
-def _sparsify_or_head_only(sparsify, model, layers, bn):
-    """sparsify(model, layers); layers=[] is head-only, by sparsify itself where it accepts [], else `head_only`."""
-    if layers is not None and len(layers) == 0:
-        try:
-            return sparsify(model, [], bn=bn)
-        except ZestError:
-            return head_only(model, bn=bn)
-    return sparsify(model, layers, bn=bn)
-
-
-def sparse_model(model, layers, bn: str = "frozen"):
-    """sparsify(model, layers) with layers=[] meaning head-only."""
-    from .sparse import sparsify
-    return _sparsify_or_head_only(sparsify, model, layers, bn)
-
-
-@contextlib.contextmanager
-def allow_head_only():
-    """While active, `sparsify(model, [])` (as called by finetune and export_artifacts) means head-only.
-
-    Patches the `sparsify` names of zest_edge.sparse and zest_edge.finetune and restores them on exit; where
-    sparsify accepts [] itself this changes nothing."""
-    from . import finetune as finetune_mod
-    from . import sparse as sparse_mod
-    original = sparse_mod.sparsify
-
-    def sparsify(model, layers, bn="frozen"):
-        return _sparsify_or_head_only(original, model, layers, bn)
-
-    saved = (sparse_mod.sparsify, finetune_mod.sparsify)
-    sparse_mod.sparsify = finetune_mod.sparsify = sparsify
-    try:
-        yield
-    finally:
-        sparse_mod.sparsify, finetune_mod.sparsify = saved
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -340,7 +270,7 @@ def measure_torch(cfg: dict) -> dict:
     model = _build(cfg).to(device)
     x, y = synthetic_batch(model, cfg["batch_size"], cfg["num_classes"], cfg.get("seed", 0))
     x, y = x.to(device), y.to(device)
-    sm = sparse_model(model, cfg["layers"])
+    sm = sparsify(model, cfg["layers"])
     warm_runtime(sm, x)
     mem = PeakMemory(device)
     mem.start()
@@ -444,7 +374,7 @@ def measure_ort(cfg: dict) -> dict:
         inf.append(_timed(inference))
     backward = [max(a - e, 0.0) for a, e in zip(fb, evals)]    # train call - eval forward: ORT's backward, estimated
     manifest = json.loads((art / "manifest.json").read_text())
-    sm = sparse_model(model, cfg["layers"])
+    sm = sparsify(model, cfg["layers"])
     return {**_summary(total, [i + b for i, b in zip(inf, backward)]),
             "forward_backward_ms": statistics.median(fb), "update_ms": statistics.median(upd),
             "eval_forward_ms": statistics.median(evals), "backward_ms": statistics.median(backward),
@@ -829,7 +759,7 @@ def _export_for_ort(model, layers, path: Path, batch_size: int, optimizer: str, 
     except ImportError as e:
         return {"error": f"ort: export_artifacts unavailable ({e})"}
     try:
-        with allow_head_only(), contextlib.redirect_stdout(_io.StringIO()):
+        with contextlib.redirect_stdout(_io.StringIO()):
             export_artifacts(model, layers, path, batch_size=batch_size, optimizer=optimizer, lr=lr)
     except ZestError as e:
         return {"error": f"ort export: {e}"}
