@@ -15,6 +15,7 @@ def task_options(fn):
         click.option("--data-root", default=None, help="Folder holding torchvision datasets (never downloaded)."),
         click.option("--weights", default=None, help="Local state_dict overriding the model's default weights."),
         click.option("--resolution", type=int, default=None, help="Image side in pixels (default: the model's)."),
+        click.option("--max-length", type=int, default=None, help="Text models: tokens per example (default: the model's)."),
         click.option("--limit", type=int, default=None, help="Class-balanced subset of N training examples."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for subsets, splits and batches."),
     ]):
@@ -22,10 +23,10 @@ def task_options(fn):
     return fn
 
 
-def load(model_name, data_spec, data_root, weights, resolution, limit, seed, **extra):
+def load(model_name, data_spec, data_root, weights, resolution, max_length, limit, seed, **extra):
     from .task import load_task
     return load_task(model_name, data_spec, weights=weights, resolution=resolution, limit=limit, seed=seed,
-                     data_root=data_root, **extra)
+                     data_root=data_root, max_length=max_length, **extra)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -189,7 +190,8 @@ def evaluate(run_dir, save, **task_args):
         click.echo(f"wrote {save}")
 
 
-SWEEP_DEFAULTS = {"model": None, "data": None, "data_root": None, "weights": None, "resolution": None, "limit": 1000,
+SWEEP_DEFAULTS = {"model": None, "data": None, "data_root": None, "weights": None, "resolution": None, "max_length": None,
+                  "limit": 1000,
                   "val_limit": 1000, "seed": 0, "epochs": 3, "lr": 0.005, "optimizer": "sgd", "batch_size": 32,
                   "metric_batches": 3, "metric_batch_size": 32, "note": None}
 
@@ -202,6 +204,7 @@ SWEEP_DEFAULTS = {"model": None, "data": None, "data_root": None, "weights": Non
 @click.option("--data-root", default=None)
 @click.option("--weights", default=None)
 @click.option("--resolution", type=int, default=None)
+@click.option("--max-length", type=int, default=None, help="Text models: tokens per example.")
 @click.option("--limit", type=int, default=None, help="Training examples (class-balanced).")
 @click.option("--val-limit", type=int, default=None, help="Validation examples (class-balanced).")
 @click.option("--seed", type=int, default=None)
@@ -233,7 +236,7 @@ def contrib(config_path, out, shard, backend, address, corpus_out, **flags):
     except ValueError:
         raise ZestError(f"--shard must look like I/N, got {shard!r}") from None
     task = load_task(cfg["model"], cfg["data"], weights=cfg["weights"], resolution=cfg["resolution"], limit=cfg["limit"],
-                     val_limit=cfg["val_limit"], seed=cfg["seed"], data_root=cfg["data_root"])
+                     val_limit=cfg["val_limit"], seed=cfg["seed"], data_root=cfg["data_root"], max_length=cfg["max_length"])
     schedule = Schedule(epochs=cfg["epochs"], lr=cfg["lr"], optimizer=cfg["optimizer"], batch_size=cfg["batch_size"])
     sweep = run_sweep(task, schedule, out, shard=(shard_i, shard_n), backend=backend, address=address)
     rows = sweep["rows"]

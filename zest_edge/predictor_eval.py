@@ -10,7 +10,12 @@ from scipy.stats import kendalltau
 
 from .predictor import train
 
-SCHEMES = {"combination": lambda c: f"{c['model']}/{c['data']}@{c['sweep']['task']['resolution']}",
+def size(c) -> str:
+    task = c["sweep"]["task"]
+    return f"{task['resolution']}px" if "resolution" in task else f"{task['max_length']}tok"
+
+
+SCHEMES = {"combination": lambda c: f"{c['model']}/{c['data']}@{size(c)}",
            "dataset": lambda c: c["data"], "model": lambda c: c["model"]}
 
 

@@ -41,7 +41,7 @@ def rank_record(record: dict, scores: np.ndarray, top_k: int, ranked_by: str, he
     trainable = sum(l["params"] for l in ranked[:top_k]) + head_params
     total = record["total_params"]
     return {"format": "zest-edge/ranking", "version": 1, "model": record["model"], "data": record["data"],
-            "resolution": record["resolution"], "batch_size": record["batch_size"], "batch_seed": record["batch_seed"],
+            "resolution": record.get("resolution"), "max_length": record.get("max_length"), "batch_size": record["batch_size"], "batch_seed": record["batch_seed"],
             "ranked_by": ranked_by, "top_k": top_k, "selected": selected, "trainable_params": trainable,
             "total_params": total, "trainable_share": trainable / total, "layers": ranked}
 

@@ -22,14 +22,16 @@ class Task:
     load_args: dict            # the load_task arguments, to rebuild the task elsewhere (e.g. a Ray worker)
 
     def describe(self) -> dict:
-        return {"model": self.model_name, "data": self.data_spec, "resolution": self.preprocess.resolution,
+        size = {"max_length": self.preprocess.max_length} if self.preprocess.kind == "text" else {
+            "resolution": self.preprocess.resolution}
+        return {"model": self.model_name, "data": self.data_spec, **size,
                 "num_classes": self.train.num_classes, "train_examples": len(self.train),
                 "val_examples": len(self.val), "seed": self.seed, "weights": self.model.zest_spec.weights}
 
 
 def load_task(model: str, data: str, *, weights: str | None = None, resolution: int | None = None,
               limit: int | None = None, val_limit: int | None = None, seed: int = 0,
-              data_root: str | None = None) -> Task:
+              data_root: str | None = None, max_length: int | None = None) -> Task:
     """Build the datasets first (they fix the class count), then the model with a matching head.
 
     `val_limit` defaults to a quarter of `limit` (at least 10 per class) when `limit` is given."""
@@ -40,6 +42,12 @@ def load_task(model: str, data: str, *, weights: str | None = None, resolution: 
         if not 16 <= resolution <= 1024:
             raise ZestError(f"--resolution must be between 16 and 1024, got {resolution}")
         preprocess = replace(preprocess, resolution=resolution)
+    if max_length is not None:
+        if preprocess.kind != "text":
+            raise ZestError(f"--max-length applies to text models only, not {model}")
+        if not 4 <= max_length <= 512:
+            raise ZestError(f"--max-length must be between 4 and 512 tokens, got {max_length}")
+        preprocess = replace(preprocess, max_length=max_length)
     train = build_dataset(data, "train", preprocess=preprocess, limit=limit, seed=seed, data_root=data_root)
     if val_limit is None and limit is not None:
         val_limit = max(limit // 4, 10 * train.num_classes)
@@ -47,7 +55,8 @@ def load_task(model: str, data: str, *, weights: str | None = None, resolution: 
     with torch.random.fork_rng():          # the new head (and any random init) is fixed by the seed
         torch.manual_seed(seed)
         net = build_model(model, num_classes=train.num_classes, weights=weights)
-    args = dict(weights=weights, resolution=resolution, limit=limit, val_limit=val_limit, seed=seed, data_root=data_root)
+    args = dict(weights=weights, resolution=resolution, limit=limit, val_limit=val_limit, seed=seed, data_root=data_root,
+                max_length=max_length)
     return Task(model, data, net, train, val, preprocess, seed, {"model": model, "data": data, **args})
 
 
