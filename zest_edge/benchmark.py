@@ -37,7 +37,7 @@ K_METHODS = ("zest", "random", "best-metric", "last", "contribution")
 SETTINGS = {
     # what to train on
     "name": None, "model": None, "weights": None, "data": None, "data_root": None, "limit": None, "val_limit": None,
-    "resolution": None,
+    "resolution": None, "max_length": None,
     # how (one Schedule for every method)
     "epochs": 3, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "batch_size": 32,
     "bn": "frozen", "cache": True, "cache_limit_mb": 4096, "backend": "auto", "threads": None,
@@ -122,18 +122,17 @@ class Tasks:
 
     def get(self, seed: int):
         import torch
-        from .models import build_model
-        from .profile import with_resolution
+        from .models import attach_spec, build_model
         from .task import load_task
         c = self.cfg
         if seed not in self.by_seed:
             self.by_seed[seed] = load_task(c["model"], c["data"], weights=c["weights"], resolution=c["resolution"],
                                            limit=c["limit"], val_limit=c["val_limit"], seed=seed,
-                                           data_root=c["data_root"])
+                                           data_root=c["data_root"], max_length=c["max_length"])
         task = self.by_seed[seed]
         torch.manual_seed(seed)
-        model = with_resolution(build_model(c["model"], num_classes=task.train.num_classes, weights=c["weights"]),
-                                task.preprocess.resolution if task.preprocess.kind == "image" else None)
+        model = build_model(c["model"], num_classes=task.train.num_classes, weights=c["weights"])
+        attach_spec(model, dataclasses.replace(model.zest_spec, preprocess=task.preprocess))
         return dataclasses.replace(task, model=model)
 
 

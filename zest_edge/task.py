@@ -7,7 +7,7 @@ from torch.utils.data import Dataset
 
 from .data import Preprocess, build_dataset
 from .errors import ZestError
-from .models import build_model, model_preprocess
+from .models import attach_spec, build_model, model_preprocess
 
 
 @dataclass
@@ -55,6 +55,7 @@ def load_task(model: str, data: str, *, weights: str | None = None, resolution: 
     with torch.random.fork_rng():          # the new head (and any random init) is fixed by the seed
         torch.manual_seed(seed)
         net = build_model(model, num_classes=train.num_classes, weights=weights)
+    attach_spec(net, replace(net.zest_spec, preprocess=preprocess))   # dummy inputs and exports use the task's size
     args = dict(weights=weights, resolution=resolution, limit=limit, val_limit=val_limit, seed=seed, data_root=data_root,
                 max_length=max_length)
     return Task(model, data, net, train, val, preprocess, seed, {"model": model, "data": data, **args})
