@@ -254,8 +254,8 @@ def contrib(config_path, out, shard, backend, address, corpus_out, **flags):
 @cli.command("train-predictor")
 @click.option("--corpus", required=True, type=click.Path(exists=True), help="Folder of combination files.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Predictor JSON to write.")
-@click.option("--hidden", type=int, default=8, show_default=True, help="Hidden units (0 = linear scorer).")
-@click.option("--epochs", type=int, default=400, show_default=True)
+@click.option("--hidden", type=int, default=0, show_default=True, help="Hidden units (0 = linear scorer).")
+@click.option("--epochs", type=int, default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--exclude", multiple=True, help="Leave out combination files whose name contains this (repeatable).")
 def train_predictor(corpus, out, hidden, epochs, seed, exclude):
@@ -278,8 +278,8 @@ def train_predictor(corpus, out, hidden, epochs, seed, exclude):
 @cli.command("eval-predictor")
 @click.option("--corpus", required=True, type=click.Path(exists=True), help="Folder of combination files.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write eval.json and eval.md here.")
-@click.option("--hidden", type=int, default=8, show_default=True)
-@click.option("--epochs", type=int, default=400, show_default=True)
+@click.option("--hidden", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, default=300, show_default=True)
 def eval_predictor(corpus, out, hidden, epochs):
     """Held-out Kendall τ of the predictor vs single-metric baselines (leave-one-out)."""
     from pathlib import Path

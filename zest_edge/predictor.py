@@ -2,12 +2,13 @@
 
 Features (per layer, normalised within its model–dataset combination so they transfer across models):
 - for each zero-shot metric: its rank among the combination's layers in [0, 1], and the z-score of
-  sign(v)·log(1+|v|) within the combination;
+  its log (sign(v)·log(1+|v|/median|v|) for signed metrics) within the combination (raw scales differ by up to 40 orders of magnitude);
 - structure: relative depth, layer type one-hot, rank and z-score of log parameter count, kernel size / 7,
   z-score of log channels.
-Scorer: f(x) = w2 · tanh(W1 x + b1) + w1 · x (an MLP with a linear skip; hidden=0 gives a linear scorer).
+Scorer: f(x) = w2 · tanh(W1 x + b1) + skip · x (hidden=0, the default, is a linear scorer: with a corpus of a
+few combinations the hidden units only overfit).
 Loss: pairs (a, b) from the same combination whose contributions differ by more than `margin`;
-P(a above b) = σ(f(a) − f(b)); logistic loss, weighted by min(|Δcontribution| / 0.05, 1), plus L2.
+P(a above b) = σ(f(a) − f(b)); logistic loss, weighted by min(|Δcontribution| / 0.05, 1), plus L2 (0.1).
 The saved file is JSON (weights as lists); scoring needs only numpy.
 """
 import math
@@ -20,8 +21,13 @@ from .io import read_json, write_json
 LAYER_TYPES = ("conv", "conv_dw", "conv_pw", "linear")
 
 
-def signed_log(v: np.ndarray) -> np.ndarray:
-    return np.sign(v) * np.log1p(np.abs(v))
+def log_scale(v: np.ndarray) -> np.ndarray:
+    """log v for positive metrics, sign(v)·log(1 + |v|/median|v|) for signed ones; after a z-score neither
+    depends on the metric's overall scale."""
+    if np.all(v > 0):
+        return np.log(v)
+    scale = np.median(np.abs(v))
+    return np.sign(v) * np.log1p(np.abs(v) / (scale if scale > 0 else 1.0))
 
 
 def zscore(v: np.ndarray) -> np.ndarray:
@@ -45,11 +51,9 @@ def layer_features(layers: list[dict], metric_names: list[str]) -> np.ndarray:
     raw = np.array([[l["metrics"][m] for m in metric_names] for l in layers], dtype=np.float64)
     raw = np.where(np.isfinite(raw), raw, np.nan)
     for j in range(raw.shape[1]):        # non-finite values rank lowest and get z-score 0
-        col = raw[:, j]
-        cols.append(rank01(np.nan_to_num(col, nan=-np.inf)))
+        cols.append(rank01(np.nan_to_num(raw[:, j], nan=-np.inf)))
     for j in range(raw.shape[1]):
-        col = signed_log(np.nan_to_num(raw[:, j], nan=0.0))
-        cols.append(zscore(col))
+        cols.append(zscore(log_scale(np.nan_to_num(raw[:, j], nan=0.0))))
     params = np.log([max(l["params"], 1) for l in layers])
     cols += [np.array([l["depth"] for l in layers])]
     cols += [np.array([float(l["type"] == t) for l in layers]) for t in LAYER_TYPES]
@@ -110,8 +114,8 @@ def training_pairs(contrib: np.ndarray, margin: float, full_weight_gap: float = 
     return i, j, np.minimum(diff[i, j] / full_weight_gap, 1.0)
 
 
-def train(combos: list[tuple[list[dict], np.ndarray]], metric_names: list[str], *, hidden: int = 8,
-          epochs: int = 400, lr: float = 0.01, l2: float = 1e-3, margin: float = 0.005, seed: int = 0,
+def train(combos: list[tuple[list[dict], np.ndarray]], metric_names: list[str], *, hidden: int = 0,
+          epochs: int = 300, lr: float = 0.03, l2: float = 0.1, margin: float = 0.005, seed: int = 0,
           provenance: dict | None = None) -> Predictor:
     """Fit the scorer on combinations [(layer records, contribution scores)] with the pairwise loss."""
     import torch
