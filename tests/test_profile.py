@@ -1,8 +1,8 @@
 """zest-edge profile: the report files, isolation, memory accounting, head-only, error paths (tiny MobileNetV2)."""
 import json
+import mmap
 import time
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -103,11 +103,12 @@ def test_peak_memory_sees_an_allocation(monkeypatch, hwm_reset):
         monkeypatch.setattr(prof, "reset_hwm", lambda: False)     # the sampling fallback
     mem = prof.PeakMemory("cpu")
     mem.start()
-    a = np.ones(40 * 2**20 // 8)           # 40 MB, touched
+    a = mmap.mmap(-1, 40 * 2**20)           # a fresh 40 MB mapping (a numpy array may reuse resident heap)
+    a.write(b"x" * len(a))                  # touch every page
     deadline = time.time() + 10             # the sampler thread may be starved on a loaded machine: let it look
     while not hwm_reset and mem.sampled - mem.base < 35 * 1024 and time.time() < deadline:
         time.sleep(0.01)
-    del a
+    a.close()
     peak = mem.peak_mb()
     mem.stop()
     assert peak > 35
