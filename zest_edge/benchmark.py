@@ -137,12 +137,16 @@ class Tasks:
 
 
 def contribution_order(path) -> list[str]:
-    """Layers by single-layer accuracy, best first, from a sweep folder (rows*.jsonl) or one JSONL file."""
+    """Layers by single-layer accuracy, best first, from a sweep folder (rows*.jsonl), one JSONL file, or a
+    corpus combination file (corpus/*.json)."""
     from .io import read_jsonl
     path = Path(path)
     if path.is_dir():
         from .contrib import load_sweep
         rows = list(load_sweep(path)["rows"].values())
+    elif path.suffix == ".json":
+        from .corpus import load_corpus
+        rows = [{"layer": l["name"], "acc": l["contribution"]} for l in load_corpus(path)[0]["layers"]]
     elif path.is_file():
         rows = read_jsonl(path)
     else:
