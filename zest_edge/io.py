@@ -85,6 +85,15 @@ def read_jsonl(path) -> list[dict]:
     return rows
 
 
+def package_dir(module: str, install: str) -> Path:
+    """Folder of an installed package that ships data or weights, found without importing it."""
+    import importlib.util
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ZestError(f"{module} is not installed: pip install {install}")
+    return Path(spec.origin).parent
+
+
 @contextlib.contextmanager
 def atomic_dir(out, force: bool = False):
     """Yield a temporary sibling folder; on success it replaces `out`, on failure it is removed."""

@@ -43,6 +43,20 @@ def dummy_input(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
     return torch.zeros(batch_size, 3, pre.resolution, pre.resolution)
 
 
+def traced_forward(model: nn.Module, example, hooks: list) -> None:
+    """One no-grad eval-mode forward with `hooks` attached; removes them and restores every module's mode."""
+    modes = [(m, m.training) for m in model.modules()]      # per module: a mix of train/eval must survive
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for h in hooks:
+            h.remove()
+
+
 def layer_map(model: nn.Module, example: torch.Tensor | None = None) -> list[Layer]:
     """Trace one forward pass and list candidate layers in the order they first run."""
     head = get_spec(model).head
@@ -52,16 +66,7 @@ def layer_map(model: nn.Module, example: torch.Tensor | None = None) -> list[Lay
     order = []
     hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
              for name, m in candidates.items()]
-    modes = [(m, m.training) for m in model.modules()]      # per module: a mix of train/eval must survive
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(dummy_input(model) if example is None else example)
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for h in hooks:
-            h.remove()
+    traced_forward(model, dummy_input(model) if example is None else example, hooks)
     seen = list(dict.fromkeys(order))
     if not seen:
         raise ZestError("model has no Conv2d or Linear layer outside the head")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ZestError
-from .layers import Layer, layer_map, resolve_layers
+from .layers import Layer, layer_map, resolve_layers, traced_forward
 from .models import get_spec
 
 BN_POLICIES = ("frozen", "train-selected")
@@ -88,15 +88,7 @@ def following_bn(model: nn.Module, layer_names: list[str], example) -> list[str]
     hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(id(o), (n, o))) for n in layer_names]
     hooks += [m.register_forward_pre_hook(lambda m, i, n=n: found.append(n) if id(i[0]) in outputs else None)
               for n, m in modules.items() if isinstance(m, _BN)]
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    traced_forward(model, example, hooks)
     return found
 
 

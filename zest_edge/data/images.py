@@ -4,7 +4,6 @@ Fashion-MNIST comes from the Debian package's IDX files, Animal-MNIST from the p
 (read without importing it: it imports tensorflow).
 """
 import gzip
-import importlib.util
 import pickle
 import struct
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ZestError
+from ..io import package_dir
 from .core import LabeledDataset, Request, register
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -117,10 +117,7 @@ def load_array_pickle(path: Path) -> np.ndarray:
 @register("animal_mnist", "image")
 def animal_mnist(req: Request):
     """10,000 uint8 28x28 silhouettes, 1,000 per class, in one pool -> stratified 80/20."""
-    spec = importlib.util.find_spec("animal_mnist")
-    if spec is None or spec.origin is None:
-        raise ZestError("Animal-MNIST not installed: pip install --no-deps animal-mnist")
-    folder = Path(spec.origin).parent / "data" / "Animal_MNIST"
+    folder = package_dir("animal_mnist", "--no-deps animal-mnist") / "data" / "Animal_MNIST"
     images = load_array_pickle(folder / "animal_data_version_3.gz")
     labels = load_array_pickle(folder / "animal_label_version_3.gz").astype(np.int64)
     flat = np.ascontiguousarray(images.reshape(len(images), -1))

