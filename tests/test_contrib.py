@@ -1,4 +1,4 @@
-"""Contribution sweep: resume after a real kill, shard merge, Ray backend, corpus checks."""
+"""Contribution sweep: learning-rate probe, resume after a real kill, shard merge, Ray backend, corpus checks."""
 import json
 import os
 import signal
@@ -9,19 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from zest_edge.contrib import HEAD, load_sweep, run_sweep
+from zest_edge.contrib import HEAD, SweepConfig, load_sweep, probe_names, run_sweep
 from zest_edge.corpus import load_corpus
 from zest_edge.errors import ZestError
-from zest_edge.finetune import Schedule
-from zest_edge.task import load_task
 
 CLI = [str(Path(sys.executable).parent / "zest-edge")]
-TINY = dict(limit=40, val_limit=20, resolution=32, seed=0)
-SCHEDULE = Schedule(epochs=1, lr=0.01, batch_size=16)
+TINY = dict(model="resnet18", data="fashion_mnist", limit=40, val_limit=20, resolution=32, seed=0, epochs=1,
+            score_epochs=1, batch_size=16, lr_grid=[0.01])
 
 
-def tiny_task():
-    return load_task("resnet18", "fashion_mnist", **TINY)
+def tiny(**changes) -> SweepConfig:
+    return SweepConfig(**{**TINY, **changes})
 
 
 def layer_rows(path):
@@ -31,7 +29,8 @@ def layer_rows(path):
 def test_sweep_resumes_after_kill_without_redoing_rows(tmp_path):
     out = tmp_path / "sweep"
     cmd = CLI + ["contrib", "--model", "resnet18", "--data", "fashion_mnist", "--limit", "40", "--val-limit", "20",
-                 "--resolution", "32", "--epochs", "1", "--batch-size", "16", "--out", str(out)]
+                 "--resolution", "32", "--epochs", "1", "--score-epochs", "1", "--lr", "0.01", "--batch-size", "16",
+                 "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     store = out / "rows.jsonl"
     deadline = time.time() + 240
@@ -50,9 +49,9 @@ def test_sweep_resumes_after_kill_without_redoing_rows(tmp_path):
 
 
 def test_shards_merge_to_the_unsharded_sweep(tmp_path):
-    whole = run_sweep(tiny_task(), SCHEDULE, tmp_path / "whole", progress=False)
+    whole = run_sweep(tiny(), tmp_path / "whole", progress=False)
     for i in range(2):
-        run_sweep(tiny_task(), SCHEDULE, tmp_path / "sharded", shard=(i, 2), progress=False)
+        run_sweep(tiny(), tmp_path / "sharded", shard=(i, 2), progress=False)
     merged = load_sweep(tmp_path / "sharded")
     assert set(merged["rows"]) == set(whole["rows"])
     for name, row in whole["rows"].items():
@@ -61,22 +60,59 @@ def test_shards_merge_to_the_unsharded_sweep(tmp_path):
 
 
 def test_changed_config_is_refused(tmp_path):
-    run_sweep(tiny_task(), SCHEDULE, tmp_path / "s", shard=(0, 10), progress=False)
+    run_sweep(tiny(), tmp_path / "s", shard=(0, 10), progress=False)
     with pytest.raises(ZestError, match="different configuration"):
-        run_sweep(tiny_task(), Schedule(epochs=2, lr=0.01, batch_size=16), tmp_path / "s", shard=(0, 10), progress=False)
+        run_sweep(tiny(epochs=2), tmp_path / "s", shard=(0, 10), progress=False)
 
 
 def test_ray_backend_matches_local(tmp_path):
     pytest.importorskip("ray")
     import ray
-    local = run_sweep(tiny_task(), SCHEDULE, tmp_path / "local", shard=(0, 7), progress=False)
+    config = tiny(lr_grid=[0.003, 0.01], probe_layers=1)
+    local = run_sweep(config, tmp_path / "local", shard=(0, 7), progress=False)
     try:
-        remote = run_sweep(tiny_task(), SCHEDULE, tmp_path / "ray", shard=(0, 7), backend="ray", progress=False)
+        remote = run_sweep(config, tmp_path / "ray", shard=(0, 7), backend="ray", progress=False)
     finally:
         ray.shutdown()
-    assert set(remote["rows"]) == set(local["rows"])
+    assert set(remote["rows"]) == set(local["rows"]) and remote["lr"] == local["lr"]
     for name, row in local["rows"].items():
         assert remote["rows"][name]["acc"] == pytest.approx(row["acc"], abs=1e-9)
+
+
+def test_probe_picks_the_rate_with_the_best_mean_score(tmp_path):
+    config = tiny(lr_grid=[1e-5, 0.01], probe_layers=2, epochs=2)
+    sweep = run_sweep(config, tmp_path / "s", shard=(0, 21), progress=False)
+    probes = sweep["probes"]
+    assert len(probes) == 2 * 3 and {p["lr"] for p in probes} == {1e-5, 0.01}
+    mean = {lr: sum(p["acc"] for p in probes if p["lr"] == lr) / 3 for lr in (1e-5, 0.01)}
+    assert sweep["lr"] == max(mean, key=mean.get)
+    assert all(r["lr"] == sweep["lr"] for r in sweep["rows"].values())
+    assert HEAD in {p["layer"] for p in probes}
+
+
+def test_score_averages_the_last_epochs_and_the_head_init_follows_train_seed(tmp_path):
+    a = run_sweep(tiny(epochs=3, score_epochs=2), tmp_path / "a", shard=(20, 21), progress=False)["rows"][HEAD]
+    assert a["acc"] == pytest.approx(sum(a["curve"][-2:]) / 2)
+    assert a["se"] == pytest.approx((a["acc"] * (1 - a["acc"]) / 20) ** 0.5)
+    b = run_sweep(tiny(epochs=3, score_epochs=2, train_seed=5), tmp_path / "b", shard=(20, 21), progress=False)
+    assert b["rows"][HEAD]["val_loss_curve"] != a["val_loss_curve"]
+
+
+def test_probe_layers_spread_over_depth():
+    names = [f"l{i}" for i in range(10)]
+    assert probe_names(names, 3) == [HEAD, "l2", "l5", "l7"]      # a quarter, half, three quarters of the way
+    assert probe_names(names, 0) == [HEAD]
+
+
+def test_bad_sweep_yaml_is_one_line(tmp_path):
+    for text, expected in [("model: resnet18\ndata: fashion_mnist\nepochs: three\n", "epochs must be int"),
+                           ("model: resnet18\ndata: fashion_mnist\nlr_grid: [0.1, -1]\n", "lr_grid"),
+                           ("model: resnet18\ndata: fashion_mnist\nepoch: 3\n", "unknown setting 'epoch'")]:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(text)
+        res = subprocess.run(CLI + ["contrib", "--config", str(cfg), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and expected in res.stderr, res.stderr
+        assert not (tmp_path / "o").exists()
 
 
 def test_corrupt_corpus_row_is_a_clear_error(tmp_path):

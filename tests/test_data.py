@@ -147,7 +147,10 @@ def test_errors(tmp_path):
     fails("no images", f"imagefolder:{tmp_path}")
     fails("needs a PATH", "imagefolder")
     fails(r"unknown dataset 'fashion_mnst' \(did you mean fashion_mnist\?\).*imagefolder:PATH", "fashion_mnst")
-    fails("takes no ':' suffix", "cifar10:x")
+    fails("takes only a class subset", "cifar10:x")
+    fails("runs backwards", "animal_mnist:4-2")
+    fails("names class 12", "animal_mnist:8-12")
+    fails("at least 2 classes", "animal_mnist:3")
     fails("'cifar10' needs --data-root", "cifar10")
     fails(f"'flowers102' not found in {re.escape(str(tmp_path))}", "flowers102", data_root=str(tmp_path))
     fails("apt-get install dataset-fashion-mnist", "fashion_mnist", data_root=str(tmp_path))
@@ -167,3 +170,21 @@ def test_array_unpickler_refuses_other_globals(tmp_path):
     with gzip.open(path, "wb") as f:
         pickle.dump(np.arange(6, dtype=np.int16).reshape(2, 3), f)
     assert load_array_pickle(path).tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_class_subset_keeps_and_renumbers_classes(tmp_path):
+    full = build_dataset("animal_mnist", "val", preprocess=PRE)
+    sub = build_dataset("animal_mnist:2,5-6", "val", preprocess=PRE)
+    assert sub.classes == [full.classes[c] for c in (2, 5, 6)] and sub.num_classes == 3
+    kept = np.isin(full.labels, [2, 5, 6])
+    assert len(sub) == kept.sum() and sorted(set(sub.labels.tolist())) == [0, 1, 2]
+    assert np.array_equal(sub.labels, np.searchsorted([2, 5, 6], full.labels[kept]))
+    assert torch.equal(sub[0][0], full[int(np.flatnonzero(kept)[0])][0])      # same images, same order
+    limited = build_dataset("animal_mnist:2,5-6", "train", preprocess=PRE, limit=30)
+    assert np.bincount(limited.labels).tolist() == [10, 10, 10]            # limit applies within the subset
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.new("RGB", (8, 8)).save(tmp_path / cls / f"{i}.png")
+    folder = build_dataset(f"imagefolder:{tmp_path}:0,2", "train", preprocess=PRE)     # PATH, then the subset
+    assert folder.classes == ["a", "c"] and sorted(set(folder.labels.tolist())) == [0, 1]

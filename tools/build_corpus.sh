@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Regenerate the predictor corpus: one contribution sweep per config in configs/corpus/, two at a time, one
-# thread each (small convolutions scale badly across threads). Resumable: rerun to finish a killed sweep.
-# Usage: tools/build_corpus.sh [CONFIG ...]   (default: every configs/corpus/*.yaml)
+# Regenerate the predictor corpus: one contribution sweep per config, two at a time, one thread each (small
+# convolutions scale badly across threads). configs/corpus/X.yaml -> corpus/X.json; the test-retest sweeps in
+# configs/corpus/retest/X.yaml -> corpus/retest/X.json (kept apart: they are measurements of noise, not training data).
+# The append-only sweep stores live in corpus/sweeps/ (committed as rows finish). Resumable: rerun to finish killed sweeps; finished rows are never redone.
+# Usage: tools/build_corpus.sh [CONFIG ...]   (default: every config, corpus first, then the retests)
+# ZEST_EDGE=path/to/zest-edge runs another build (e.g. a frozen copy while the tree changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 configs=("$@")
-[ ${#configs[@]} -gt 0 ] || configs=(configs/corpus/*.yaml)
-mkdir -p corpus runs/sweeps
-printf '%s\n' "${configs[@]}" | OMP_NUM_THREADS=1 xargs -P "${JOBS:-2}" -I{} sh -c '
-  name=$(basename {} .yaml)
-  .venv/bin/zest-edge contrib --config {} --out runs/sweeps/$name --corpus-out corpus/$name.json > runs/sweeps/$name.log 2>&1 \
+[ ${#configs[@]} -gt 0 ] || configs=(configs/corpus/*.yaml configs/corpus/retest/*.yaml)
+mkdir -p corpus/retest corpus/sweeps/retest runs/sweeps/retest
+printf '%s\n' "${configs[@]}" | OMP_NUM_THREADS=1 ZEST_EDGE="${ZEST_EDGE:-.venv/bin/zest-edge}" xargs -P "${JOBS:-2}" -I{} sh -c '
+  name=$(basename {} .yaml); case {} in */retest/*) name=retest/$name;; esac
+  ${ZEST_EDGE:-.venv/bin/zest-edge} contrib --config {} --out corpus/sweeps/$name --corpus-out corpus/$name.json > runs/sweeps/$name.log 2>&1 \
     && echo "done $name" || { echo "FAILED $name (see runs/sweeps/$name.log)"; exit 1; }'

@@ -153,7 +153,7 @@ def contribution_order(path) -> list[str]:
         raise ZestError(f"contribution sweep not found: {path}")
     accs: dict[str, list[float]] = {}
     for row in rows:
-        if not isinstance(row, dict) or "layer" not in row or "acc" not in row or row.get("type") == "header":
+        if not isinstance(row, dict) or "layer" not in row or "acc" not in row or row.get("type") not in (None, "layer"):
             continue
         if row["layer"] == "__head__":
             continue

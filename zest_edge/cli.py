@@ -190,63 +190,58 @@ def evaluate(run_dir, save, **task_args):
         click.echo(f"wrote {save}")
 
 
-SWEEP_DEFAULTS = {"model": None, "data": None, "data_root": None, "weights": None, "resolution": None, "max_length": None,
-                  "limit": 1000,
-                  "val_limit": 1000, "seed": 0, "epochs": 3, "lr": 0.005, "optimizer": "sgd", "batch_size": 32,
-                  "metric_batches": 3, "metric_batch_size": 32, "note": None}
-
-
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML fixing every setting below (flags override it).")
 @click.option("--model", default=None, help="Registered model name.")
-@click.option("--data", default=None, help="Dataset spec.")
+@click.option("--data", default=None, help="Dataset spec (a class subset too: fashion_mnist:0-4).")
 @click.option("--data-root", default=None)
 @click.option("--weights", default=None)
 @click.option("--resolution", type=int, default=None)
 @click.option("--max-length", type=int, default=None, help="Text models: tokens per example.")
-@click.option("--limit", type=int, default=None, help="Training examples (class-balanced).")
-@click.option("--val-limit", type=int, default=None, help="Validation examples (class-balanced).")
-@click.option("--seed", type=int, default=None)
-@click.option("--epochs", type=int, default=None)
-@click.option("--lr", type=float, default=None)
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None)
-@click.option("--batch-size", type=int, default=None)
+@click.option("--limit", type=int, default=None, help="Training examples (class-balanced) [2000].")
+@click.option("--val-limit", type=int, default=None, help="Validation examples (class-balanced) [2000].")
+@click.option("--seed", type=int, default=None, help="Data subset seed [0].")
+@click.option("--train-seed", type=int, default=None, help="Head init and data order [the data seed]; another value = a retest.")
+@click.option("--epochs", type=int, default=None, help="Epochs per layer [6].")
+@click.option("--score-epochs", type=int, default=None, help="Score = mean val accuracy of the last N epochs [3].")
+@click.option("--lr", type=float, default=None, help="One learning rate (skips the probe) instead of the grid.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[adamw]")
+@click.option("--batch-size", type=int, default=None, help="[32]")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (append-only store).")
 @click.option("--shard", default="0/1", show_default=True, help="Run slice I of N of the layers.")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="Ray cluster address (with --backend ray).")
 @click.option("--corpus-out", type=click.Path(dir_okay=False), default=None,
               help="When the sweep is complete, write the combination file (contributions + metrics) here.")
-def contrib(config_path, out, shard, backend, address, corpus_out, **flags):
-    """Contribution sweep: fine-tune each layer alone (+ head) and record its accuracy (resumable)."""
+def contrib(config_path, out, shard, backend, address, corpus_out, lr, **flags):
+    """Contribution sweep: fine-tune each layer alone (+ head) and record the accuracy it reaches (resumable)."""
     from .config import load_config
-    from .contrib import HEAD, run_sweep
+    from .contrib import HEAD, SweepConfig, check_shard, run_sweep
     from .corpus import combination_record, write_combination
-    from .finetune import Schedule
-    from .task import load_task
-    cfg = dict(SWEEP_DEFAULTS)
-    if config_path:
-        cfg.update(load_config(config_path, set(SWEEP_DEFAULTS)))
+    cfg = load_config(config_path, None) if config_path else {}
     cfg.update({k: v for k, v in flags.items() if v is not None})
-    if not cfg["model"] or not cfg["data"]:
+    if lr is not None:
+        cfg["lr_grid"] = [lr]
+    if not cfg.get("model") or not cfg.get("data"):
         raise ZestError("contrib needs --model and --data (or a --config naming them)")
+    sweep = SweepConfig.from_dict(cfg, config_path or "contrib")
     try:
         shard_i, shard_n = (int(v) for v in shard.split("/"))
     except ValueError:
         raise ZestError(f"--shard must look like I/N, got {shard!r}") from None
-    task = load_task(cfg["model"], cfg["data"], weights=cfg["weights"], resolution=cfg["resolution"], limit=cfg["limit"],
-                     val_limit=cfg["val_limit"], seed=cfg["seed"], data_root=cfg["data_root"], max_length=cfg["max_length"])
-    schedule = Schedule(epochs=cfg["epochs"], lr=cfg["lr"], optimizer=cfg["optimizer"], batch_size=cfg["batch_size"])
-    sweep = run_sweep(task, schedule, out, shard=(shard_i, shard_n), backend=backend, address=address)
-    rows = sweep["rows"]
-    click.echo(f"{len(rows)} rows in {out}; head only: {rows[HEAD]['acc']:.4f}" if HEAD in rows else f"{len(rows)} rows in {out}")
+    check_shard((shard_i, shard_n))
+    task = sweep.load_task()
+    result = run_sweep(sweep, out, shard=(shard_i, shard_n), backend=backend, address=address, task=task)
+    rows = result["rows"]
+    click.echo(f"{len(rows)} rows in {out} at lr {result['lr']:g}" +
+               (f"; head only: {rows[HEAD]['acc']:.4f}" if HEAD in rows else ""))
     for name, row in sorted(rows.items(), key=lambda kv: -kv[1]["acc"])[:5]:
-        click.echo(f"  {row['acc']:.4f}  {name}")
+        click.echo(f"  {row['acc']:.4f} ± {row['se']:.4f}  {name}")
     if corpus_out:
-        record = combination_record(task, out, batch_size=cfg["metric_batch_size"],
-                                    batch_seeds=[cfg["seed"] + i for i in range(cfg["metric_batches"])])
-        record["note"] = cfg["note"]
+        record = combination_record(task, out, batch_size=sweep.metric_batch_size,
+                                    batch_seeds=[sweep.seed + i for i in range(sweep.metric_batches)])
+        record["note"] = sweep.note
         write_combination(corpus_out, record)
         click.echo(f"wrote {corpus_out} ({len(record['layers'])} layers, sweep {record['sweep_seconds']:.0f} s)")
 

@@ -6,7 +6,8 @@ import yaml
 from .errors import ZestError
 
 
-def load_config(path, allowed: set[str]) -> dict:
+def load_config(path, allowed: set[str] | None) -> dict:
+    """A YAML mapping; with `allowed`, unknown keys are refused (None: the caller checks them)."""
     path = Path(path)
     if not path.is_file():
         raise ZestError(f"config not found: {path}")
@@ -16,7 +17,7 @@ def load_config(path, allowed: set[str]) -> dict:
         raise ZestError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(cfg, dict):
         raise ZestError(f"{path} must hold a mapping of settings")
-    unknown = sorted(set(cfg) - allowed)
+    unknown = sorted(set(cfg) - allowed) if allowed is not None else []
     if unknown:
         raise ZestError(f"{path}: unknown setting {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
     return cfg

@@ -1,40 +1,127 @@
-"""Contribution sweep: for each layer alone, fine-tune it + the head and record the best validation accuracy.
+"""Contribution sweep (protocol v2): each layer alone + the head, fine-tuned; its score is the accuracy it reaches.
 
-The store is append-only JSONL (one fsynced row per finished layer), one file per shard:
+Protocol (`SweepConfig`, one YAML per combination in configs/corpus/):
+1. Learning-rate probe: the head alone and `probe_layers` layers spread over depth train at every rate of
+   `lr_grid`; the rate with the best mean score is used for the whole sweep (a one-value grid skips the probe).
+2. Every candidate layer + the head trains for `epochs` with AdamW (or SGD), the rate decaying to 0 on a cosine
+   over all steps, on cached stage inputs; the head is re-initialised with `train_seed` for each layer, which also
+   fixes the data order, so layers differ only in which layer trains.
+3. Score = mean validation accuracy over the last `score_epochs` epochs (averaging cuts epoch-to-epoch noise);
+   the curve, the validation-loss curve and the binomial standard error of the score are kept with it.
+
+The store is append-only JSONL (one fsynced row per finished job), one file per shard:
     sweep/rows.jsonl, or sweep/rows.shard-I-of-N.jsonl
-The first row of a file is a header {"type": "header", "config": ..., "config_hash": ...}; then
-{"type": "layer", "layer": name, "acc": best val acc, "curve": [...], "seconds": s, "config_hash": h}.
-A head-only row has layer "__head__". `load_sweep(dir)` merges every file. Restarting skips finished layers.
+Its first row is a header {"type": "header", "config": ..., "config_hash": ...}; then
+{"type": "probe" | "layer", "layer": name, "lr": rate, "acc": score, "curve": [...], ...}. The head-only row has
+layer "__head__". `load_sweep(dir)` merges every file. Restarting skips finished jobs; every shard runs the probe
+(it is deterministic, so shards agree on the rate).
 
-Prefix features are computed stage by stage: layers are visited in execution order and the cached input of the
-current stage is pushed one stage further when the sweep moves past it, so the prefix runs once overall.
+Stage inputs are pushed one stage further as the sweep moves past a stage, so the frozen prefix runs once per pass.
 """
 import copy
+import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .errors import ZestError
-from .finetune import Schedule, make_optimizer
+from .finetune import Schedule, config_hash, make_optimizer
 from .io import append_jsonl, read_jsonl
 from .layers import layer_map
 from .sparse import sparsify
-from .task import Task
+from .task import Task, load_task
 
 HEAD = "__head__"
+SWEEP_VERSION = 2
 
 
-def sweep_config(task: Task, schedule: Schedule) -> dict:
-    return {"task": task.describe(), "schedule": asdict(schedule)}
+@dataclass
+class SweepConfig:
+    """Everything that fixes a sweep's result (the store's header hash covers all but `note` and `data_root`)."""
+    model: str
+    data: str
+    weights: str | None = None
+    resolution: int | None = None
+    max_length: int | None = None
+    limit: int = 2000
+    val_limit: int = 2000
+    seed: int = 0                       # data subset and split
+    train_seed: int | None = None       # head init and data order (default: seed); another value = a retest
+    optimizer: str = "adamw"
+    lr_grid: list = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    probe_layers: int = 3
+    epochs: int = 6
+    score_epochs: int = 3
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    metric_batches: int = 3
+    metric_batch_size: int = 32
+    data_root: str | None = None
+    note: str | None = None
+
+    @classmethod
+    def from_dict(cls, cfg: dict, where: str) -> "SweepConfig":
+        """Build from a YAML mapping; unknown keys and wrong types are one-line errors naming `where`."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(cfg) - set(known))
+        if unknown:
+            raise ZestError(f"{where}: unknown setting {unknown[0]!r}; allowed: {', '.join(known)}")
+        for key, value in cfg.items():
+            want = {"model": str, "data": str, "optimizer": str, "lr_grid": list}.get(key)
+            if key in ("limit", "val_limit", "seed", "probe_layers", "epochs", "score_epochs", "batch_size",
+                       "metric_batches", "metric_batch_size", "resolution", "max_length", "train_seed"):
+                want = int
+            if key == "weight_decay":
+                want = (int, float)
+            if want and value is not None and (not isinstance(value, want) or isinstance(value, bool)):
+                raise ZestError(f"{where}: {key} must be {getattr(want, '__name__', 'a number')}, got {value!r}")
+        for key in ("model", "data"):
+            if not cfg.get(key):
+                raise ZestError(f"{where}: {key} is required")
+        sweep = cls(**cfg)
+        sweep.check(where)
+        return sweep
+
+    def check(self, where: str = "sweep config") -> None:
+        if not self.lr_grid or not all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in self.lr_grid):
+            raise ZestError(f"{where}: lr_grid must be a list of positive learning rates, got {self.lr_grid!r}")
+        if not 1 <= self.score_epochs <= self.epochs:
+            raise ZestError(f"{where}: score_epochs must be between 1 and epochs ({self.epochs}), got {self.score_epochs}")
+        if self.probe_layers < 0:
+            raise ZestError(f"{where}: probe_layers must be 0 or more, got {self.probe_layers}")
+        self.schedule(self.lr_grid[0]).check()
+
+    def schedule(self, lr: float) -> Schedule:
+        return Schedule(epochs=self.epochs, lr=lr, optimizer=self.optimizer, batch_size=self.batch_size,
+                        weight_decay=self.weight_decay)
+
+    def load_task(self) -> Task:
+        return load_task(self.model, self.data, weights=self.weights, resolution=self.resolution, limit=self.limit,
+                         val_limit=self.val_limit, seed=self.seed, data_root=self.data_root, max_length=self.max_length)
+
+    def seed_for_training(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
+
+    def header(self, task: Task) -> dict:
+        protocol = {k: v for k, v in asdict(self).items()
+                    if k in ("optimizer", "lr_grid", "probe_layers", "epochs", "score_epochs", "batch_size",
+                             "weight_decay")}
+        return {"format": "zest-edge/sweep", "version": SWEEP_VERSION, "task": task.describe(),
+                "train_seed": self.seed_for_training(), "protocol": {**protocol, "lr_schedule": "cosine"}}
 
 
-def shard_of(names: list[str], shard: tuple[int, int]) -> list[str]:
+def shard_of(names: list, shard: tuple[int, int]) -> list:
+    i, n = shard
+    return names[i::n]
+
+
+def check_shard(shard: tuple[int, int]) -> None:
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         raise ZestError(f"--shard must be I/N with 0 <= I < N, got {i}/{n}")
-    return names[i::n]
 
 
 def store_path(out: Path, shard: tuple[int, int]) -> Path:
@@ -42,56 +129,95 @@ def store_path(out: Path, shard: tuple[int, int]) -> Path:
 
 
 def load_sweep(out) -> dict:
-    """{"config": header config, "rows": {layer: row}} merged over every store file in `out`."""
-    from .finetune import config_hash
+    """{"config": header, "lr": chosen rate or None, "probes": [rows], "rows": {layer: row}} over every store file."""
     out = Path(out)
     files = sorted(out.glob("rows*.jsonl"))
     if not files:
         raise ZestError(f"no sweep store (rows*.jsonl) in {out}")
-    config, chash, rows = None, None, {}
+    config, chash, rows, probes = None, None, {}, {}
     for f in files:
         for row in read_jsonl(f):
-            if row.get("type") == "header":
+            kind = row.get("type")
+            if kind == "header":
                 if chash is None:
                     config, chash = row["config"], row["config_hash"]
                 elif row["config_hash"] != chash:
                     raise ZestError(f"{f} was made with a different configuration than the other store files")
-            elif row.get("type") == "layer" and row.get("config_hash") == chash:
-                rows[row["layer"]] = row
+            elif kind in ("layer", "probe") and row.get("config_hash") == chash:
+                (rows if kind == "layer" else probes)[(row["layer"], row["lr"]) if kind == "probe" else row["layer"]] = row
             else:
                 raise ZestError(f"{f}: unexpected row {str(row)[:80]}")
     if config is not None and chash != config_hash(config):
         raise ZestError(f"sweep header in {out} is corrupt (hash mismatch)")
-    return {"config": config, "rows": rows}
+    return {"config": config, "rows": rows, "probes": list(probes.values()),
+            "lr": chosen_lr(config, list(probes.values())) if config else None}
 
 
-def train_one(task: Task, base_state: dict, layers: list[str], schedule: Schedule, feats, val_feats, seed: int) -> dict:
-    """Fine-tune `layers` (+ head) from the base weights on cached stage inputs; best val acc and curve."""
+def probe_names(names: list[str], count: int) -> list[str]:
+    """The head plus `count` layers spread evenly over depth (execution order)."""
+    if count <= 0 or not names:
+        return [HEAD]
+    picks = sorted({round((i + 1) * (len(names) + 1) / (count + 1)) - 1 for i in range(count)})
+    return [HEAD] + [names[min(max(p, 0), len(names) - 1)] for p in picks]
+
+
+def chosen_lr(config: dict, probes: list[dict]) -> float | None:
+    """The grid rate with the best mean probe score (ties: the smaller rate); None until every probe is in."""
+    grid = config["protocol"]["lr_grid"]
+    if len(grid) == 1:
+        return grid[0]
+    by_lr = {lr: [p["acc"] for p in probes if p["lr"] == lr] for lr in grid}
+    wanted = config.get("probe_count")
+    if wanted is None or any(len(v) < wanted for v in by_lr.values()):
+        return None
+    return max(grid, key=lambda lr: (sum(by_lr[lr]) / len(by_lr[lr]), -lr))
+
+
+def reset_head(model, seed: int) -> None:
+    head = dict(model.named_modules())[model.zest_spec.head]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for m in head.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
+def train_one(task: Task, base_state: dict, layers: list[str], schedule: Schedule, feats, val_feats, seed: int,
+              score_epochs: int) -> dict:
+    """Fine-tune `layers` (+ a head initialised by `seed`) on cached stage inputs; score, curves, standard error."""
     task.model.load_state_dict(base_state)
+    reset_head(task.model, seed)
     sm = sparsify(task.model, layers, bn=schedule.bn)
     opt = make_optimizer([p for _, p in sm.trainable], schedule)
     (x_train, y_train), (x_val, y_val) = feats, val_feats
     torch.manual_seed(seed)
-    curve, losses = [], []
+    curve, loss_curve, losses = [], [], []
+    steps = schedule.epochs * math.ceil(len(y_train) / schedule.batch_size)
     for epoch in range(schedule.epochs):
         order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         sm.train_mode()
         for start in range(0, len(order), schedule.batch_size):
             idx = order[start:start + schedule.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = schedule.lr * 0.5 * (1 + math.cos(math.pi * len(losses) / steps))
             losses.append(sm.step(take(x_train, idx), y_train[idx], opt, features=True))
         sm.model.eval()
         with torch.no_grad():
-            correct = sum((sm.forward_features(take(x_val, slice(s, s + 256))).argmax(1) == y_val[s:s + 256]).sum().item()
-                          for s in range(0, len(y_val), 256))
-        curve.append(correct / len(y_val))
-    return {"acc": max(curve), "curve": curve, "final_loss": sum(losses[-5:]) / len(losses[-5:])}
+            logits = torch.cat([sm.forward_features(take(x_val, slice(s, s + 256))) for s in range(0, len(y_val), 256)])
+        curve.append((logits.argmax(1) == y_val).float().mean().item())
+        loss_curve.append(F.cross_entropy(logits, y_val).item())
+    score = sum(curve[-score_epochs:]) / score_epochs
+    if not math.isfinite(loss_curve[-1]):
+        raise ZestError(f"training {layers or 'the head'} diverged (validation loss {loss_curve[-1]}); lower the lr")
+    return {"acc": score, "se": math.sqrt(score * (1 - score) / len(y_val)), "best": max(curve), "curve": curve,
+            "val_loss_curve": loss_curve, "final_loss": sum(losses[-5:]) / len(losses[-5:])}
 
 
 def take(x, idx):
     return tuple(t[idx] for t in x) if isinstance(x, tuple) else x[idx]
 
 
-def stage_inputs(dataset, batch_size: int = 64):
+def stage_inputs(dataset):
     xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
     return torch.stack(xs), torch.tensor(ys)
 
@@ -104,37 +230,45 @@ def advance(stage_fn, x, batch_size: int = 128):
     return tuple(torch.cat(p) for p in zip(*outs)) if isinstance(outs[0], tuple) else torch.cat(outs)
 
 
-def run_sweep(task: Task, schedule: Schedule, out, *, shard: tuple[int, int] = (0, 1), backend: str = "local",
-              address: str | None = None, progress: bool = True) -> dict:
-    """Sweep every candidate layer (this shard's slice) plus the head-only baseline; returns load_sweep(out)."""
-    from .finetune import config_hash
-    schedule.check()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = sweep_config(task, schedule)
+def run_sweep(sweep: SweepConfig, out, *, shard: tuple[int, int] = (0, 1), backend: str = "local",
+              address: str | None = None, progress: bool = True, task: Task | None = None) -> dict:
+    """Probe the learning rate, then sweep every candidate layer (this shard's slice) plus the head alone.
+
+    Returns load_sweep(out). `task` may be passed when already built from `sweep`."""
+    check_shard(shard)
+    if backend not in ("local", "ray"):
+        raise ZestError(f"unknown backend {backend!r}; choose local or ray")
+    sweep.check()
+    task = task or sweep.load_task()
+    names = [l.name for l in layer_map(task.model)]
+    config = {**sweep.header(task), "probe_count": len(probe_names(names, sweep.probe_layers))}
     chash = config_hash(config)
+    out = Path(out)
     path = store_path(out, shard)
     rows = read_jsonl(path)
     if rows and rows[0].get("config_hash") != chash:
         raise ZestError(f"{path} holds a sweep with a different configuration; use another --out")
+    out.mkdir(parents=True, exist_ok=True)
     if not rows:
         append_jsonl(path, {"type": "header", "config": config, "config_hash": chash})
-    done = {r["layer"] for r in rows if r.get("type") == "layer"}
-    names = shard_of([l.name for l in layer_map(task.model)] + [HEAD], shard)
-    todo = [n for n in names if n not in done]
-    if backend == "ray":
-        from .contrib_ray import run_ray
-        run_ray(task, schedule, todo, path, chash, address=address, progress=progress)
-        return load_sweep(out)
-    if backend != "local":
-        raise ZestError(f"unknown backend {backend!r}; choose local or ray")
-    sweep_layers(task, schedule, todo, lambda row: append_jsonl(path, {**row, "config_hash": chash}),
-                 progress=progress, total=len(names), done=len(names) - len(todo))
+    emit = lambda row: append_jsonl(path, {**row, "config_hash": chash})
+    run = run_jobs_ray if backend == "ray" else run_jobs_local
+    kw = dict(address=address) if backend == "ray" else {}
+    if len(sweep.lr_grid) > 1:
+        done = {(r["layer"], r["lr"]) for r in rows if r.get("type") == "probe"}
+        probes = [(n, lr) for lr in sweep.lr_grid for n in probe_names(names, sweep.probe_layers)]
+        run(sweep, task, [j for j in probes if j not in done], emit, "probe", progress=progress, **kw)
+    lr = load_sweep(out)["lr"] if len(sweep.lr_grid) > 1 else sweep.lr_grid[0]
+    if progress and len(sweep.lr_grid) > 1:
+        print(f"learning rate {lr:g} (best mean probe score over {sweep.lr_grid})")
+    done = {r["layer"] for r in read_jsonl(path) if r.get("type") == "layer"}
+    todo = [(n, lr) for n in shard_of(names + [HEAD], shard) if n not in done]
+    run(sweep, task, todo, emit, "layer", progress=progress, **kw)
     return load_sweep(out)
 
 
-def sweep_layers(task: Task, schedule: Schedule, todo: list[str], emit, *, progress=True, total=None, done=0):
-    """Train each layer in `todo` alone (+ head), calling emit(row) as each finishes."""
+def run_jobs_local(sweep: SweepConfig, task: Task, jobs: list, emit, kind: str, *, progress: bool = True) -> None:
+    """Train each (layer, lr) job alone (+ head) in execution order, calling emit(row) as each finishes."""
     from tqdm import tqdm
     base_state = copy.deepcopy(task.model.state_dict())
     stages = task.model.zest_spec.stages(task.model)
@@ -144,12 +278,12 @@ def sweep_layers(task: Task, schedule: Schedule, todo: list[str], emit, *, progr
             if name in prefixes or name.startswith(tuple(p + "." for p in prefixes)):
                 owner.setdefault(name, i)
     owner[HEAD] = owner[task.model.zest_spec.head]
-    todo = sorted(todo, key=lambda n: (owner[n], n))
+    jobs = sorted(jobs, key=lambda j: (owner[j[0]], j[0], j[1]))
     x_train, y_train = stage_inputs(task.train)
     x_val, y_val = stage_inputs(task.val)
     at_stage = 0
-    bar = tqdm(total=total or len(todo), initial=done, desc="layers", disable=not progress, unit="layer")
-    for name in todo:
+    bar = tqdm(total=len(jobs), desc=f"{kind}s", disable=not progress or not jobs, unit="job")
+    for name, lr in jobs:
         task.model.load_state_dict(base_state)
         task.model.eval()
         while at_stage < owner[name]:
@@ -157,10 +291,26 @@ def sweep_layers(task: Task, schedule: Schedule, todo: list[str], emit, *, progr
             x_train, x_val = advance(fn, x_train), advance(fn, x_val)
             at_stage += 1
         start = time.perf_counter()
-        result = train_one(task, base_state, [] if name == HEAD else [name], schedule,
-                           (x_train, y_train), (x_val, y_val), seed=task.seed)
-        emit({"type": "layer", "layer": name, **result, "seconds": round(time.perf_counter() - start, 3)})
+        result = train_one(task, base_state, [] if name == HEAD else [name], sweep.schedule(lr), (x_train, y_train),
+                           (x_val, y_val), sweep.seed_for_training(), sweep.score_epochs)
+        emit({"type": kind, "layer": name, "lr": lr, **result, "seconds": round(time.perf_counter() - start, 3)})
         bar.update(1)
         bar.set_postfix(layer=name[-24:], acc=f"{result['acc']:.3f}")
     bar.close()
     task.model.load_state_dict(base_state)
+
+
+def _one_job(sweep: dict, job: tuple, kind: str) -> dict:
+    """A Ray worker: rebuild the task from the config and run one job (one torch thread)."""
+    torch.set_num_threads(1)
+    config = SweepConfig(**sweep)
+    rows = []
+    run_jobs_local(config, config.load_task(), [tuple(job)], rows.append, kind, progress=False)
+    return rows[0]
+
+
+def run_jobs_ray(sweep: SweepConfig, task: Task, jobs: list, emit, kind: str, *, address: str | None = None,
+                 progress: bool = True) -> None:
+    from .ray_jobs import map_unordered
+    map_unordered(_one_job, [(asdict(sweep), job, kind) for job in jobs], emit, address=address,
+                  desc=f"{kind}s (ray)", progress=progress)

@@ -1,7 +1,8 @@
 """The corpus: one file per model–dataset combination with contribution scores and zero-shot metrics.
 
-corpus/<name>.json = {"format": "zest-edge/combination", "model", "data", "sweep": sweep config,
-  "head_acc", "sweep_seconds", "metric_batches": [seeds], "layers": [{layer map fields, "contribution",
+corpus/<name>.json = {"format": "zest-edge/combination", "version": 2, "model", "data", "sweep": sweep header,
+  "lr": the probed rate, "probes": [probe rows], "head_acc", "head_se", "sweep_seconds", "metric_batches": [seeds],
+  "layers": [{layer map fields, "contribution", "contribution_se", "curve", "val_loss_curve",
   "metrics": {first batch}, "metrics_by_batch": [{...} per batch]}]}
 """
 from pathlib import Path
@@ -24,11 +25,16 @@ def combination_record(task: Task, sweep_dir, *, batch_size: int, batch_seeds: l
     out = []
     for i, layer in enumerate(layers):
         row = sweep["rows"][layer["name"]]
-        out.append({**layer, "contribution": row["acc"], "curve": row["curve"],
+        out.append({**layer, "contribution": row["acc"], "contribution_se": row["se"], "curve": row["curve"],
+                    "val_loss_curve": row["val_loss_curve"],
                     "metrics_by_batch": [r["layers"][i]["metrics"] for r in records]})
-    return {"format": "zest-edge/combination", "version": 1, "model": task.model_name, "data": task.data_spec,
-            "sweep": sweep["config"], "head_acc": sweep["rows"][HEAD]["acc"],
-            "sweep_seconds": round(sum(r["seconds"] for r in sweep["rows"].values()), 1),
+    head = sweep["rows"][HEAD]
+    jobs = list(sweep["rows"].values()) + sweep["probes"]
+    return {"format": "zest-edge/combination", "version": 2, "model": task.model_name, "data": task.data_spec,
+            "sweep": sweep["config"], "lr": sweep["lr"],
+            "probes": [{k: p[k] for k in ("layer", "lr", "acc", "curve")} for p in sweep["probes"]],
+            "head_acc": head["acc"], "head_se": head["se"],
+            "sweep_seconds": round(sum(r["seconds"] for r in jobs), 1),
             "metric_batches": batch_seeds, "batch_size": batch_size, "metric_names": records[0]["metric_names"],
             "metric_seconds": [r["seconds"] for r in records], "layers": out}
 

@@ -6,6 +6,7 @@ Splits and subsets are index arithmetic on the label array, so they are cheap, d
 - `limit=N` then keeps N examples of that split, as equal per class as possible, chosen by `seed`.
 Kept indices stay in source order.
 """
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,15 +49,32 @@ class Request:
     limit: int | None
     seed: int
     data_root: str | None
+    classes: tuple[int, ...] | None = None     # a class subset ("fashion_mnist:0-4"), applied before `limit`
 
     def pick(self, labels: np.ndarray, pooled: bool, groups: np.ndarray | None = None) -> np.ndarray:
-        """Indices into `labels` for this split (cut from the pool when `pooled`, keeping `groups` whole) and limit."""
+        """Indices into `labels` for this split (cut from the pool when `pooled`, keeping `groups` whole), class
+        subset and limit."""
         idx = np.arange(len(labels))
         if pooled:
             idx = idx[stratified_split(labels, groups)[self.split]]
+        if self.classes is not None:
+            idx = idx[np.isin(labels[idx], self.classes)]
         if self.limit is not None:
             idx = idx[balanced_subset(labels[idx], self.limit, self.seed, self.spec)]
         return idx
+
+
+def parse_classes(text: str) -> tuple[int, ...] | None:
+    """"0-4" or "0,2,5-7" -> sorted class indices; None when `text` is no class list."""
+    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", text):
+        return None
+    picked = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if hi and int(hi) < int(lo):
+            raise ZestError(f"class range {part!r} runs backwards")
+        picked.update(range(int(lo), int(hi or lo) + 1))
+    return tuple(sorted(picked))
 
 
 def register(name: str, kind: str, arg: str | None = None):
@@ -109,6 +127,16 @@ class LabeledDataset(torch.utils.data.Dataset):
 
     def __len__(self):
         return len(self.labels)
+
+    def keep_classes(self, classes: tuple[int, ...]) -> None:
+        """Renumber labels 0..k-1 after `Request.pick` kept only `classes` (in their original order)."""
+        if classes[-1] >= self.num_classes:
+            raise ZestError(f"{self.spec!r} names class {classes[-1]}, but the dataset has classes 0-{self.num_classes - 1}")
+        new = np.full(self.num_classes, -1, dtype=np.int64)
+        new[list(classes)] = np.arange(len(classes))
+        self.labels = new[self.labels]
+        self.classes = [self.classes[c] for c in classes]
+        self.num_classes = len(classes)
 
     def __getitem__(self, i):
         return self.x_at(i), int(self.labels[i])
