@@ -13,7 +13,7 @@ def task_options(fn):
         click.option("--model", "model_name", required=True, help="Registered model name (see `zest-edge models`)."),
         click.option("--data", "data_spec", required=True, help="Dataset spec, e.g. fashion_mnist or imagefolder:PATH."),
         click.option("--data-root", default=None, help="Folder holding torchvision datasets (never downloaded)."),
-        click.option("--weights", default=None, help="Local state_dict overriding the model's default weights."),
+        click.option("--weights", default=None, help="Local state_dict overriding the model's default weights, or 'random'."),
         click.option("--resolution", type=int, default=None, help="Image side in pixels (default: the model's)."),
         click.option("--max-length", type=int, default=None, help="Text models: tokens per example (default: the model's)."),
         click.option("--limit", type=int, default=None, help="Class-balanced subset of N training examples."),
@@ -55,7 +55,7 @@ def models():
 @cli.command()
 @click.option("--model", "model_name", required=True, help="Registered model name.")
 @click.option("--num-classes", type=int, default=10, show_default=True, help="Head size (does not change layers).")
-@click.option("--weights", default=None, help="Local state_dict overriding the model's default weights.")
+@click.option("--weights", default=None, help="Local state_dict overriding the model's default weights, or 'random'.")
 def layers(model_name, num_classes, weights):
     """List a model's candidate layers in execution order."""
     from .layers import layer_map
@@ -203,8 +203,8 @@ def evaluate(run_dir, save, **task_args):
 @click.option("--val-limit", type=int, default=None, help="Validation examples (class-balanced) [2000].")
 @click.option("--seed", type=int, default=None, help="Data subset seed [0].")
 @click.option("--train-seed", type=int, default=None, help="Head init and data order [the data seed]; another value = a retest.")
-@click.option("--epochs", type=int, default=None, help="Epochs per layer [6].")
-@click.option("--score-epochs", type=int, default=None, help="Score = mean val accuracy of the last N epochs [3].")
+@click.option("--epochs", type=int, default=None, help="Epochs per layer [4].")
+@click.option("--score-epochs", type=int, default=None, help="Score = mean val accuracy of the last N epochs [2].")
 @click.option("--lr", type=float, default=None, help="One learning rate (skips the probe) instead of the grid.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[adamw]")
 @click.option("--batch-size", type=int, default=None, help="[32]")
@@ -324,7 +324,7 @@ def rank(predictor, metric, top_k, batch_size, out, emit_peft, **task_args):
 @cli.command()
 @click.option("--model", "model_name", required=True, help="Registered model name.")
 @click.option("--num-classes", type=int, default=10, show_default=True, help="Head size of the profiled model.")
-@click.option("--weights", default=None, help="Local state_dict overriding the model's default weights.")
+@click.option("--weights", default=None, help="Local state_dict overriding the model's default weights, or 'random'.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--resolution", type=int, default=None, help="Image side in pixels (default: the model's).")
 @click.option("--top-k", default="5", show_default=True, help="Comma-separated k values for zest@k and last@k.")
@@ -549,7 +549,7 @@ def build_engine(onnx_path, out, fp16, workspace_gb, max_batch, force):
 @cli.command()
 @click.option("--model", "model_name", default="efficientnet_lite0", show_default=True)
 @click.option("--data", "data_spec", default="fashion_mnist", show_default=True)
-@click.option("--weights", default=None, help="Local state_dict (e.g. torchvision MobileNetV2 weights).")
+@click.option("--weights", default=None, help="Local state_dict overriding the model's default weights, or 'random'.")
 @click.option("--top-k", type=int, default=5, show_default=True)
 @click.option("--limit", type=int, default=600, show_default=True, help="Training examples.")
 @click.option("--resolution", type=int, default=64, show_default=True)

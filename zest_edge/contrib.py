@@ -53,8 +53,8 @@ class SweepConfig:
     optimizer: str = "adamw"
     lr_grid: list = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
     probe_layers: int = 3
-    epochs: int = 6
-    score_epochs: int = 3
+    epochs: int = 4
+    score_epochs: int = 2
     batch_size: int = 32
     weight_decay: float = 0.0
     metric_batches: int = 3

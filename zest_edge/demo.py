@@ -19,8 +19,8 @@ def run_demo(out, *, model: str = "efficientnet_lite0", data: str = "fashion_mni
         echo(f"[1/4] {model} ({task.model.zest_spec.weights}) on {data}: {len(task.train)} train / "
              f"{len(task.val)} val examples at {resolution} px")
         if task.model.zest_spec.weights == "random":
-            echo(f"note: {model} has random weights (none ship offline; pass --weights a local state_dict): with "
-                 "frozen BatchNorm statistics a random network barely trains, so expect accuracy near chance")
+            echo(f"note: {model} has random weights (--weights random): with frozen BatchNorm statistics a random "
+                 "network barely trains, so expect accuracy near chance")
         ranking = rank_task(task, top_k=top_k, batch_size=batch_size)
         echo(f"[2/4] ranked {len(ranking['layers'])} layers by {ranking['ranked_by']} from one minibatch; top {top_k}:")
         for layer in ranking["layers"][:top_k]:

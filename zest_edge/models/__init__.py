@@ -15,6 +15,7 @@ from ..errors import ZestError
 from ..registry import Registry
 
 MODELS = Registry("model")
+RANDOM = "random"                           # `weights=RANDOM`: the architecture with random init
 PREPROCESS: dict[str, Preprocess] = {}      # input each registered model expects; default: ImageNet 224 px
 
 
@@ -43,7 +44,8 @@ def get_spec(model: nn.Module) -> ModelSpec:
 
 
 def build_model(name: str, *, num_classes: int, weights: str | None = None) -> nn.Module:
-    """Build a registered model; `weights` is a local state_dict path that overrides the default weights."""
+    """Build a registered model; `weights` is a local state_dict path that overrides the default weights, or
+    "random" for random init."""
     if num_classes < 2:
         raise ZestError(f"num_classes must be at least 2, got {num_classes}")
     return MODELS.get_or_fail(name)(num_classes=num_classes, weights=weights)

@@ -4,7 +4,7 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from . import MODELS, PREPROCESS, ModelSpec, attach_spec, load_backbone, load_state_dict_file
+from . import MODELS, PREPROCESS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
 from ..data import Preprocess
 from ..errors import ZestError
 from ..io import package_dir
@@ -45,7 +45,9 @@ def stages(model):
 
 def _lite(name: str, num_classes: int, weights: str | None) -> nn.Module:
     model = timm.create_model("tf_" + name, pretrained=False)
-    if weights:
+    if weights == RANDOM:
+        source = RANDOM
+    elif weights:
         load_backbone(model, load_state_dict_file(weights), "classifier", weights)
         source = weights
     else:

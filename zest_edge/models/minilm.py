@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import MODELS, PREPROCESS, ModelSpec, attach_spec, load_backbone, load_state_dict_file
+from . import MODELS, PREPROCESS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
 from ..data import Preprocess
 from ..io import package_dir
 
@@ -26,12 +26,16 @@ PREPROCESS["minilm_l6"] = Preprocess(kind="text", max_length=64,
 
 
 class MiniLMClassifier(nn.Module):
-    def __init__(self, model_dir: Path, num_classes: int):
+    def __init__(self, model_dir: Path, num_classes: int, pretrained: bool = True):
         super().__init__()
-        from transformers import BertModel, logging
+        from transformers import BertConfig, BertModel, logging
         logging.set_verbosity_error()
         logging.disable_progress_bar()
-        self.bert = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False, attn_implementation="eager")
+        if pretrained:
+            self.bert = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False, attn_implementation="eager")
+        else:
+            config = BertConfig.from_pretrained(str(model_dir), attn_implementation="eager")
+            self.bert = BertModel(config, add_pooling_layer=False)
         self.dropout = nn.Dropout(0.1)
         self.classifier = nn.Linear(self.bert.config.hidden_size, num_classes)
 
@@ -63,8 +67,8 @@ class MiniLMClassifier(nn.Module):
 
 @MODELS.register("minilm_l6")
 def minilm_l6(*, num_classes: int, weights: str | None = None) -> nn.Module:
-    model = MiniLMClassifier(packaged_model_dir(), num_classes)
-    if weights:
+    model = MiniLMClassifier(packaged_model_dir(), num_classes, pretrained=weights != RANDOM)
+    if weights and weights != RANDOM:
         load_backbone(model, load_state_dict_file(weights), "classifier", weights)
     return attach_spec(model, ModelSpec("minilm_l6", head="classifier", preprocess=PREPROCESS["minilm_l6"], stages=MiniLMClassifier.stages,
                                         weights=weights or f"pretrained ({PACKAGE})"))

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18, resnet50 as tv_resnet50
 
-from . import MODELS, ModelSpec, attach_spec, load_backbone, load_state_dict_file
+from . import MODELS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
 
 
 def stages(model):
@@ -15,10 +15,10 @@ def stages(model):
 
 def _resnet(name, factory, num_classes, weights):
     model = factory()
-    if weights:
+    if weights and weights != RANDOM:
         load_backbone(model, load_state_dict_file(weights), "fc", weights)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return attach_spec(model, ModelSpec(name, head="fc", weights=weights or "random", stages=stages))
+    return attach_spec(model, ModelSpec(name, head="fc", weights=weights or RANDOM, stages=stages))
 
 
 @MODELS.register("resnet18")
