@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zest_edge import benchmark as bm
+from zest_edge.bench import benchmark as bm
 from zest_edge.errors import ZestError
-from zest_edge.finetune import config_hash
+from zest_edge.training import config_hash
 from zest_edge.io import read_json
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "eval_tiny.yaml"
@@ -110,11 +110,11 @@ def test_benchmark_resumes_after_kill_and_writes_results(tmp_path):
 
 
 def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
-    from zest_edge import finetune
+    from zest_edge import training
     config = tiny_config(tmp_path, epochs=2, methods=["full", "head-only"])
     out = tmp_path / "eval"
     calls = {"n": 0}
-    real = finetune.accuracy
+    real = training.accuracy
 
     def accuracy(*a, **kw):                              # initial, epoch 1, epoch 2: die before epoch 2 is saved
         calls["n"] += 1
@@ -122,10 +122,10 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(finetune, "accuracy", accuracy)
+    monkeypatch.setattr(training, "accuracy", accuracy)
     with pytest.raises(KeyboardInterrupt):
         bm.benchmark(config, out, progress=False)
-    monkeypatch.setattr(finetune, "accuracy", real)
+    monkeypatch.setattr(training, "accuracy", real)
     run = out / "runs" / "full" / "seed0"
     first = read_json(run / "metrics.json", "run")["epochs"]
     assert len(first) == 1

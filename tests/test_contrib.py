@@ -1,4 +1,4 @@
-"""Contribution sweep: learning-rate probe, resume after a real kill, shard merge, Ray backend, corpus checks."""
+"""Contribution sweep: learning-rate probe, resume after a real kill (and a torn last row), shard merge, Ray backend, corpus checks."""
 import json
 import os
 import signal
@@ -40,6 +40,8 @@ def test_sweep_resumes_after_kill_without_redoing_rows(tmp_path):
     proc.wait()
     before = layer_rows(store)
     assert 3 <= len(before) < 21, "kill landed before or after the sweep"
+    with open(store, "a") as f:                               # and a row torn mid-write, as a kill can leave it
+        f.write('{"type": "layer", "layer": "layer4.1.conv2", "contrib')
     subprocess.run(cmd, check=True, capture_output=True)
     after = layer_rows(store)
     assert after[:len(before)] == before                      # finished rows kept as they were

@@ -52,7 +52,7 @@ class Interrupting(torch.utils.data.Dataset):
 
     def __init__(self, base, n):
         self.base, self.n, self.reads = base, n, 0
-        self.num_classes, self.classes = base.num_classes, base.classes
+        self.num_classes, self.classes, self.labels = base.num_classes, base.classes, base.labels
 
     def __len__(self):
         return len(self.base)
@@ -96,18 +96,20 @@ def test_device_train_writes_metrics_checkpoint_and_inference_model(art, data, t
 
 def test_resume_after_an_interrupt_continues_from_the_last_finished_epoch(art, data, tmp_path):
     train, val = data
-    full = device_train(art, train, val, epochs=3, batch_size=16, out_dir=tmp_path / "a", progress_bar=False)
+    full = device_train(art, train, val, epochs=3, batch_size=16, out_dir=tmp_path / "a", cache=False,
+                        progress_bar=False)
     out = tmp_path / "b"
-    # killed in the middle of epoch 2 (first read: the shape check; then 48 per epoch)
+    # killed in the middle of epoch 2 (first read: the shape check; then 48 per epoch, without the prefix cache)
     with pytest.raises(KeyboardInterrupt):
-        device_train(art, Interrupting(train, 1 + 48 + 20), val, epochs=3, batch_size=16, out_dir=out,
+        device_train(art, Interrupting(train, 1 + 48 + 20), val, epochs=3, batch_size=16, out_dir=out, cache=False,
                      progress_bar=False)
     progress = json.loads((out / "progress.json").read_text())
     assert progress["epoch"] == 1 and progress["checkpoint"] == "checkpoint.epoch1"
     assert not (out / "metrics.json").exists() and not (out / "model_inference.onnx").exists()
     with pytest.raises(ZestError, match="not empty"):                 # neither resume nor force
         device_train(art, train, val, epochs=3, batch_size=16, out_dir=out, progress_bar=False)
-    resumed = device_train(art, train, val, epochs=3, batch_size=16, out_dir=out, resume=True, progress_bar=False)
+    resumed = device_train(art, train, val, epochs=3, batch_size=16, out_dir=out, resume=True, cache=False,
+                           progress_bar=False)
     assert resumed["resumed_from_epoch"] == 1 and [r["epoch"] for r in resumed["epochs"]] == [1, 2, 3]
     # the same run as the uninterrupted one: shuffles and dropout are seeded per epoch
     assert resumed["train_loss"] == full["train_loss"] and resumed["val_accuracy"] == full["val_accuracy"]
@@ -205,9 +207,9 @@ def test_artifacts_from_another_version_are_refused(art, tmp_path, monkeypatch, 
     one_line_error(code, err, "written by zest-edge 9.9.0", "re-export")
     assert not (tmp_path / "run").exists()
     m["versions"]["zest_edge"] = json.loads((art / "manifest.json").read_text())["versions"]["zest_edge"]
-    m["version"] = 2
+    m["version"] = 1
     (bad / "manifest.json").write_text(json.dumps(m))
-    one_line_error(*device_cli(monkeypatch, capsys, bad, tmp_path / "run")[::2], "format version 2")
+    one_line_error(*device_cli(monkeypatch, capsys, bad, tmp_path / "run")[::2], "format version 1")
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from zest_edge.finetune import Schedule, finetune
+from zest_edge.training import Schedule, finetune
 from zest_edge.io import package_dir
 from zest_edge.models import build_model
 from zest_edge.models import mobilenet

@@ -6,7 +6,7 @@ import pytest
 
 from zest_edge.errors import ZestError
 from zest_edge.predictor import Predictor, train
-from zest_edge.predictor_eval import evaluate, tau
+from zest_edge.bench.predictor_eval import evaluate, tau
 
 METRICS = ["snip", "grad_norm", "fisher"]
 

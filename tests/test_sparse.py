@@ -1,6 +1,5 @@
 """Sparse fine-tuning: real truncation (no grads, no saved activations upstream), BN policies, real-data training,
 bit-exact resume, feature cache, and the CLI's refusals of bad selections."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from torch import nn
 
 from cli_helpers import run_main, one_line_error
 from zest_edge.errors import ZestError
-from zest_edge.finetune import Schedule, finetune
+from zest_edge.training import Schedule, finetune
 from zest_edge.layers import layer_map
 from zest_edge.models import build_model
 from zest_edge.sparse import sparsify
@@ -254,13 +253,11 @@ def test_cli_refuses_bad_selection(monkeypatch, capsys, tmp_path, selection, fra
 
 
 def test_cli_refuses_top_k_beyond_the_layer_count(monkeypatch, capsys, tmp_path):
-    if importlib.util.find_spec("zest_edge.ranking") is None:
-        pytest.skip("zest_edge.ranking does not exist yet: no ranking file to pass --top-k with")
     ranking = tmp_path / "ranking.json"
     names = [l.name for l in layer_map(mobilenet(), torch.zeros(1, 3, 32, 32))]
     ranking.write_text(json.dumps({"format": "zest-edge/ranking", "version": 1, "model": "mobilenet_v2",
                                    "ranked_by": "snip", "selected": names[:3],
-                                   "layers": [{"name": n, "score": float(-i)} for i, n in enumerate(names)]}))
+                                   "layers": [{"name": n, "rank": i + 1, "score": float(-i)} for i, n in enumerate(names)]}))
     out = tmp_path / "run"
     code, _, err = run_main(monkeypatch, capsys, "finetune", *TASK_ARGS, "--ranking", str(ranking), "--top-k", "53",
                             "--out", str(out))

@@ -79,7 +79,7 @@ def main():
               "padding_feature_change": change}
     out = Path(args.out)
     write_json(out / "probe.json", record)
-    lines = [f"# MobileNetV2 converted from Keras: linear probe on Fashion-MNIST", "",
+    lines = ["# MobileNetV2 converted from Keras: linear probe on Fashion-MNIST", "",
              f"{len(task.train)} train / {len(task.val)} val examples (class-balanced), {args.resolution} px, backbone frozen; "
              "logistic regression on the standardised 1280-d pooled features.", "",
              "| weights | val accuracy |", "|---|---:|"] + [f"| {r['variant']} | {100 * r['val_acc']:.1f}% |" for r in rows] + [

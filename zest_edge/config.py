@@ -3,7 +3,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ZestError
+from .errors import ZestError, first_line
 
 
 def load_config(path, allowed: set[str] | None) -> dict:
@@ -14,7 +14,7 @@ def load_config(path, allowed: set[str] | None) -> dict:
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ZestError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ZestError(f"{path} is not valid YAML ({first_line(e)})") from None
     if not isinstance(cfg, dict):
         raise ZestError(f"{path} must hold a mapping of settings")
     unknown = sorted(set(cfg) - allowed) if allowed is not None else []

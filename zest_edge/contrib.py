@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ZestError
-from .finetune import Schedule, config_hash, make_optimizer
+from .training import Schedule, config_hash, make_optimizer
 from .io import append_jsonl, read_jsonl
 from .layers import layer_map
 from .sparse import sparsify

@@ -30,13 +30,15 @@ def run_demo(out, *, model: str = "efficientnet_lite0", data: str = "fashion_mni
                                     classes=task.train.classes, ranking=ranking)
         share = manifest["trainable_params"] / manifest["total_params"]
         echo(f"[3/4] exported ORT training artifacts: {manifest['trainable_params']:,} of {manifest['total_params']:,} "
-             f"parameters trainable ({100 * share:.2f}%, head included)")
+             f"parameters trainable ({100 * share:.2f}%, head included)"
+             + (f"; frozen prefix of {manifest['prefix']['stages']} stages in prefix.onnx" if manifest["prefix"] else ""))
         before = evaluate_onnx(tmp / "artifacts" / "inference.onnx", task.val)
         echo(f"[4/4] device-train with onnxruntime.training only, {epochs} epochs (val acc before: {before:.4f})")
         record = device_train(tmp / "artifacts", task.train, task.val, epochs=epochs, batch_size=batch_size,
                               out_dir=tmp / "device_run", seed=0, progress_bar=True,
                               on_epoch=lambda r: echo(f"        epoch {r['epoch']}: loss {r['train_loss']:.4f}, "
-                                                      f"val acc {r['val_accuracy']:.4f}"))
+                                                      f"val acc {r['val_accuracy']:.4f}, {r['epoch_seconds']:.1f} s "
+                                                      f"(prefix {r['prefix']})"), echo=echo)
     after = record["final_val_accuracy"]
     echo(f"\nselected layers : {', '.join(ranking['selected'])}")
     echo(f"trainable share : {100 * share:.2f}% of {manifest['total_params']:,} parameters")

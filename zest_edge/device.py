@@ -1,38 +1,34 @@
 """The on-device runner: fine-tune from exported artifacts with ONNX Runtime Training only (no torch autograd).
 
 `device_train(artifacts, train, val, epochs=..., batch_size=..., out_dir=...)` drives `onnxruntime.training.api`
-(CheckpointState, Module, Optimizer) with numpy batches. After every epoch it saves the full training state
+(CheckpointState, Module, Optimizer) with numpy batches. When the export has a frozen prefix (`prefix.onnx`), each
+example goes through it once and its output is cached for the later epochs (`zest_edge.prefix_cache`: in memory up
+to `cache_mb`, memory-mapped files beyond), so epoch 1 pays for the prefix and the others do not. After every
+epoch it saves the full training state
 (parameters + optimizer moments) as `checkpoint.epoch<N>` (written to a temporary name, fsynced, renamed) and then
 commits `progress.json` (epoch, checkpoint name and sha256, per-epoch metrics, seed): a kill at any point leaves the
 last finished epoch resumable with `resume=True`. Each epoch's shuffle is `default_rng([seed, epoch])` and ORT's
 Dropout is seeded per epoch, so an interrupted-and-resumed run ends with the same weights as an uninterrupted one.
-At the end: `model_inference.onnx` (`Module.export_model_for_inferencing`) and `metrics.json`
-(`format: zest-edge/device-run`).
+At the end: `model_inference.onnx`, the whole trained model (prefix.onnx joined to the trained suffix exported by
+`Module.export_model_for_inferencing`), and `metrics.json` (`format: zest-edge/device-run`).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ZestError
-from .io import read_json, write_json
+from .errors import ZestError, first_line
+from .export.manifest import OUTPUT_NAME, read_manifest
+from .io import read_json, sha256, write_json
+from .prefix_cache import TrainingInputs, default_cache_mb
 
 PROGRESS = "progress.json"
 METRICS = "metrics.json"
 INFERENCE = "model_inference.onnx"
 CHECKPOINT_PREFIX = "checkpoint.epoch"
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _session_options():
@@ -41,11 +37,6 @@ def _session_options():
     so = ort.SessionOptions()
     so.log_severity_level = 3
     return so
-
-
-def _ort_message(e: BaseException) -> str:
-    line = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-    return line.split("] : ", 1)[-1] if "] : " in line else line
 
 
 def load_checkpoint(path: Path, expected_sha: str | None = None):
@@ -58,7 +49,24 @@ def load_checkpoint(path: Path, expected_sha: str | None = None):
     try:
         return CheckpointState.load_checkpoint(str(path))
     except Exception as e:
-        raise ZestError(f"checkpoint {path} is corrupt ({_ort_message(e)})") from None
+        raise ZestError(f"checkpoint {path} is corrupt ({first_line(e)})") from None
+
+
+def device_datasets(manifest: dict, data_spec: str, *, limit: int | None = None, seed: int = 0,
+                    data_root: str | None = None):
+    """(train, val) of `data_spec` built with the manifest's preprocessing, checked against its classes."""
+    from .data import Preprocess, build_dataset, default_val_limit
+    pre = manifest["preprocess"]
+    preprocess = (Preprocess(kind="text", tokenizer_dir=pre["tokenizer_dir"], max_length=pre["max_length"])
+                  if pre["kind"] == "text" else
+                  Preprocess(resolution=pre["resolution"], mean=tuple(pre["mean"]), std=tuple(pre["std"])))
+    train = build_dataset(data_spec, "train", preprocess=preprocess, limit=limit, seed=seed, data_root=data_root)
+    if train.num_classes != manifest["num_classes"]:
+        raise ZestError(f"{data_spec} has {train.num_classes} classes but the artifacts were exported for "
+                        f"{manifest['num_classes']}")
+    val = build_dataset(data_spec, "val", preprocess=preprocess, limit=default_val_limit(limit, train.num_classes),
+                        seed=seed, data_root=data_root)
+    return train, val
 
 
 def batches_of(dataset, order: np.ndarray, batch_size: int, dtype):
@@ -84,10 +92,6 @@ def check_dataset(manifest: dict, dataset, which: str) -> None:
                         "(build the data with the manifest's preprocessing)")
 
 
-def _dtype(manifest: dict):
-    return np.int64 if manifest["input"]["dtype"] == "int64" else np.float32
-
-
 def evaluate_onnx(path, dataset, batch_size: int = 64) -> float:
     """Top-1 accuracy of an inference ONNX model on `dataset` with a plain onnxruntime.InferenceSession."""
     import onnxruntime as ort
@@ -97,7 +101,7 @@ def evaluate_onnx(path, dataset, batch_size: int = 64) -> float:
     try:
         sess = ort.InferenceSession(str(path), _session_options(), providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise ZestError(f"cannot load {path}: {_ort_message(e)}") from None
+        raise ZestError(f"cannot load {path}: {first_line(e)}") from None
     inp = sess.get_inputs()[0]
     dtype = np.int64 if "int64" in inp.type else np.float32
     correct = 0
@@ -156,13 +160,17 @@ def _save_epoch(out: Path, state, epoch: int, progress: dict) -> None:
 
 def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batch_size: int, out_dir,
                  resume: bool = False, force: bool = False, seed: int = 0, lr: float | None = None,
-                 progress_bar: bool = True, on_epoch=None) -> dict:
-    """Train from ORT Training artifacts for `epochs` epochs; returns the metrics record (also metrics.json)."""
+                 cache: bool = True, cache_mb: int | None = None, augment: bool = False,
+                 progress_bar: bool = True, on_epoch=None, echo=print) -> dict:
+    """Train from ORT Training artifacts for `epochs` epochs; returns the metrics record (also metrics.json).
+
+    `cache`: keep the frozen prefix's outputs after their first computation (`cache_mb`, default a quarter of RAM
+    up to 4 GiB, in memory; beyond it memory-mapped files under out_dir/.prefix-cache). `augment`: random
+    horizontal flips of the training images, which turns the cache off (a flipped image has other prefix outputs)."""
     import onnxruntime as ort
     from onnxruntime.training.api import Module, Optimizer
     from tqdm import tqdm
 
-    from .export.onnx_training import OUTPUT_NAME, read_manifest
     art = Path(artifacts_dir)
     out = Path(out_dir)
     manifest = read_manifest(art)
@@ -173,11 +181,14 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
     check_dataset(manifest, dataset_train, "training")
     check_dataset(manifest, dataset_val, "validation")
     lr = float(manifest["optimizer"]["lr"] if lr is None else lr)
-    if not lr > 0:
-        raise ZestError(f"learning rate must be positive, got {lr}")
+    if not (lr > 0 and np.isfinite(lr)):
+        raise ZestError(f"learning rate must be a positive number, got {lr}")
+    cache_mb = default_cache_mb() if cache_mb is None else cache_mb
+    if cache_mb < 0:
+        raise ZestError(f"--cache-mb must be 0 or more, got {cache_mb}")
     if out.resolve() == art.resolve():
         raise ZestError("the output folder must not be the artifacts folder")
-    for name in ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx"):
+    for name in ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "prefix.onnx"):
         want = (manifest.get("sha256") or {}).get(name)
         if want and sha256(art / name) != want:
             raise ZestError(f"{art / name} is corrupt (its sha256 does not match the manifest)")
@@ -204,13 +215,18 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
                         session_options=_session_options())
         optimizer = Optimizer(str(art / "optimizer_model.onnx"), module)
     except Exception as e:
-        raise ZestError(f"checkpoint does not fit the training model in {art}: {_ort_message(e)}") from None
+        raise ZestError(f"checkpoint does not fit the training model in {art}: {first_line(e)}") from None
     optimizer.set_learning_rate(lr)
     if prior is None:
         start_out(out)                           # only now: a refused run leaves no folder behind
     progress = {"format": "zest-edge/device-progress", **settings, "epochs": records,
                 "shuffle": "numpy default_rng([seed, epoch]).permutation; ort.set_seed(seed * 100003 + epoch)"}
-    dtype = _dtype(manifest)
+    budget = [cache_mb]
+    inputs = {which: TrainingInputs(art, manifest, data, which=which, cache_dir=out / ".prefix-cache", budget=budget,
+                                    cache=cache, session_options=_session_options(), augment=augment and which == "train")
+              for which, data in (("train", dataset_train), ("val", dataset_val))}
+    if augment and manifest.get("prefix"):
+        echo("note: augmentation is on, so the prefix runs for every example in every epoch (no cache)")
     n_train = len(dataset_train)
     steps_per_epoch = -(-n_train // batch_size)
 
@@ -223,10 +239,11 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
         step_times = []
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
                    disable=None if progress_bar else True)   # None: off when stderr is not a terminal
+        cached = inputs["train"].store is not None and inputs["train"].store.complete()
         try:
-            for x, y in batches_of(dataset_train, order, batch_size, dtype):
+            for x, y in inputs["train"].batches(order, batch_size, rng=np.random.default_rng([seed, epoch, 1])):
                 s0 = time.perf_counter()
-                loss, logits = module(x, y)
+                loss, logits = module(*x, y)
                 optimizer.step()
                 module.lazy_reset_grad()
                 step_times.append(time.perf_counter() - s0)
@@ -238,19 +255,18 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
         finally:
             bar.close()
         train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = _evaluate(module, dataset_val, batch_size, dtype)
+        val_loss, val_acc = _evaluate(module, inputs["val"], batch_size)
         record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "val_loss": val_loss, "val_accuracy": val_acc, "epoch_seconds": round(train_seconds, 3),
-                  "mean_step_ms": round(1000 * float(np.mean(step_times)), 3), "steps": len(step_times)}
+                  "mean_step_ms": round(1000 * float(np.mean(step_times)), 3), "steps": len(step_times),
+                  "prefix": "none" if not manifest.get("prefix") else "cached" if cached else "computed"}
         records.append(record)
         progress["epochs"] = records
         _save_epoch(out, state, epoch, progress)
         if on_epoch is not None:
             on_epoch(record)
 
-    tmp = out / f".{INFERENCE}.tmp"
-    module.export_model_for_inferencing(str(tmp), [OUTPUT_NAME])
-    os.replace(tmp, out / INFERENCE)
+    export_inference(module, art, manifest, out / INFERENCE)
     inference_acc = evaluate_onnx(out / INFERENCE, dataset_val, batch_size)
     steps = [r["mean_step_ms"] for r in records]
     metrics = {
@@ -267,17 +283,44 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
         "final_val_accuracy": records[-1]["val_accuracy"] if records else None,
         "inference_model": INFERENCE, "inference_val_accuracy": inference_acc,
         "resumed_from_epoch": start_epoch if prior is not None else None,
+        "prefix": inputs["train"].describe(),
         "runtime": "onnxruntime.training.api " + ort.__version__,
     }
     write_json(out / METRICS, metrics)
     return metrics
 
 
-def _evaluate(module, dataset, batch_size: int, dtype) -> tuple[float, float]:
+def _evaluate(module, inputs: TrainingInputs, batch_size: int) -> tuple[float, float]:
     module.eval()
     loss_sum = correct = 0.0
-    for x, y in batches_of(dataset, np.arange(len(dataset)), batch_size, dtype):
-        loss, logits = module(x, y)
+    for x, y in inputs.batches(np.arange(len(inputs.labels)), batch_size):
+        loss, logits = module(*x, y)
         loss_sum += float(loss) * len(y)
         correct += int((logits.argmax(-1) == y).sum())
-    return loss_sum / len(dataset), correct / len(dataset)
+    return loss_sum / len(inputs.labels), correct / len(inputs.labels)
+
+
+def export_inference(module, art: Path, manifest: dict, path: Path) -> None:
+    """The whole trained model as one inference ONNX: the trained suffix, joined after prefix.onnx if there is one."""
+    import onnx
+    from onnx import compose
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        module.export_model_for_inferencing(str(tmp), [OUTPUT_NAME])
+        if manifest.get("prefix"):
+            suffix, prefix = onnx.load(str(tmp)), onnx.load(str(art / manifest["prefix"]["file"]))
+            prefix.ir_version = suffix.ir_version = max(prefix.ir_version, suffix.ir_version)
+            names = [b["name"] for b in manifest["prefix"]["boundary"]]
+            whole = compose.merge_models(compose.add_prefix(prefix, "prefix/", rename_inputs=False),
+                                         compose.add_prefix(suffix, "suffix/"),
+                                         io_map=[(f"prefix/{n}", f"suffix/{n}") for n in names])
+            for node in whole.graph.node:               # the output keeps its plain name (add_prefix renames edges)
+                node.output[:] = [OUTPUT_NAME if o == f"suffix/{OUTPUT_NAME}" else o for o in node.output]
+            whole.graph.output[0].name = OUTPUT_NAME
+            onnx.save(whole, str(tmp))
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ZestError(f"cannot write {path}: {e.strerror or e}") from None
+        raise

@@ -59,9 +59,19 @@ def read_json(path, kind: str | None = None) -> dict:
 
 
 def append_jsonl(path, row: dict) -> None:
-    """Append one JSON row and fsync, so a kill never loses a finished row."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    """Append one JSON row and fsync, so a kill never loses a finished row. A torn last line (a kill mid-write) is
+    cut off first, so the new row starts on a line of its own."""
+    with open(path, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(max(end - (1 << 16), 0))
+            tail = f.read()
+            if not tail.endswith(b"\n"):
+                cut = tail.rfind(b"\n")
+                if cut < 0 and end > len(tail):
+                    raise ZestError(f"{path}: its last line is longer than 64 KiB and unfinished")
+                f.truncate(end - len(tail) + cut + 1)
+        f.write((json.dumps(row) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
 
@@ -85,6 +95,16 @@ def read_jsonl(path) -> list[dict]:
     return rows
 
 
+def sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def package_dir(module: str, install: str) -> Path:
     """Folder of an installed package that ships data or weights, found without importing it."""
     import importlib.util
@@ -94,12 +114,18 @@ def package_dir(module: str, install: str) -> Path:
     return Path(spec.origin).parent
 
 
+def refuse_nonempty(out, force: bool = False, hint: str = "use --force to replace it") -> None:
+    """The one "output exists" check: a non-empty folder (or a file) at `out` is an error unless `force`."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ZestError(f"output {out} exists and is not empty ({hint})")
+
+
 @contextlib.contextmanager
 def atomic_dir(out, force: bool = False):
     """Yield a temporary sibling folder; on success it replaces `out`, on failure it is removed."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ZestError(f"output {out} exists and is not empty (use --force to replace it)")
+    refuse_nonempty(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())

@@ -35,21 +35,19 @@ def layer_type(module: nn.Module) -> str:
     return "conv"
 
 
-def dummy_input(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
-    """A batch of the shape the model's preprocessing produces (zeros, or token id 1 for text)."""
-    pre = get_spec(model).preprocess
-    if pre.kind == "text":
-        return torch.ones(batch_size, pre.max_length, dtype=torch.long)
-    return torch.zeros(batch_size, 3, pre.resolution, pre.resolution)
+def dummy_input(model: nn.Module, batch_size: int = 1, seed: int | None = None) -> torch.Tensor:
+    """A batch of the shape the model's preprocessing produces (`Preprocess.example`)."""
+    return get_spec(model).preprocess.example(batch_size, seed)
 
 
-def traced_forward(model: nn.Module, example, hooks: list) -> None:
-    """One no-grad eval-mode forward with `hooks` attached; removes them and restores every module's mode."""
+def traced_forward(model: nn.Module, example, hooks: list = ()):
+    """One no-grad eval-mode forward (with `hooks` attached, removed after); every module's mode is restored.
+    Returns the output."""
     modes = [(m, m.training) for m in model.modules()]      # per module: a mix of train/eval must survive
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            return model(example)
     finally:
         for m, mode in modes:
             m.training = mode
@@ -80,11 +78,21 @@ def layer_map(model: nn.Module, example: torch.Tensor | None = None) -> list[Lay
     return layers
 
 
-def resolve_layers(layers: list[Layer], names: list[str]) -> list[Layer]:
-    """The named layers in execution order; an unknown name is an error listing close matches."""
+def resolve_layers(layers: list[Layer], names: list[str], head: str | None = None) -> list[Layer]:
+    """The named layers in execution order; an unknown name is an error listing close matches, and naming the
+    `head` (which always trains) says so."""
     by_name = {layer.name: layer for layer in layers}
     for n in names:
+        if head and (n == head or n.startswith(head + ".")):
+            raise ZestError(f"{n!r} is the head, which always trains; name candidate layers (`zest-edge layers --model M`)")
         if n not in by_name:
             raise ZestError(f"unknown layer {n!r}{suggest(n, by_name)}; `zest-edge layers --model M` lists them")
     wanted = set(names)
     return [layer for layer in layers if layer.name in wanted]
+
+
+def check_top_k(k, n_layers: int, model_name: str, flag: str = "--top-k") -> int:
+    """The one top-k check: an integer between 1 and the model's layer count."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
+        raise ZestError(f"{flag} must be between 1 and the number of layers of {model_name} ({n_layers}), got {k}")
+    return k

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ZestError
-from .io import read_json
+from .layers import check_top_k
 from .metrics import METRICS
 from .metrics_file import metrics_record
 from .predictor import Predictor
@@ -32,8 +32,7 @@ def metric_scores(layers: list[dict], metric: str) -> np.ndarray:
 def rank_record(record: dict, scores: np.ndarray, top_k: int, ranked_by: str, head_params: int) -> dict:
     """ranking.json from a metrics record and one score per layer (higher = train it)."""
     layers = record["layers"]
-    if not 1 <= top_k <= len(layers):
-        raise ZestError(f"--top-k must be between 1 and the number of layers of {record['model']} ({len(layers)}), got {top_k}")
+    check_top_k(top_k, len(layers), record["model"])
     order = np.argsort(-scores, kind="stable")
     ranked = [{"name": layers[i]["name"], "rank": r + 1, "score": float(scores[i]), "params": layers[i]["params"],
                "index": layers[i]["index"], "type": layers[i]["type"]} for r, i in enumerate(order)]
@@ -60,13 +59,6 @@ def rank_task(task: Task, *, top_k: int, predictor=None, metric: str | None = No
     record["total_params"] = sum(p.numel() for p in model.parameters())
     scores = metric_scores(record["layers"], metric) if metric else scorer.score(record["layers"])
     return rank_record(record, scores, top_k, ranked_by, sum(p.numel() for p in head.parameters()))
-
-
-def load_ranking(path, model_name: str) -> dict:
-    record = read_json(path, "ranking")
-    if record.get("model") != model_name:
-        raise ZestError(f"{path} ranks layers of {record.get('model')}, not {model_name}")
-    return record
 
 
 def peft_config(record: dict, head: str) -> dict:

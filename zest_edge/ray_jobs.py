@@ -2,7 +2,7 @@
 
 Knows nothing of what the jobs do, so nothing here imports back into the code that uses it.
 """
-from .errors import ZestError
+from .errors import ZestError, first_line
 
 
 def map_unordered(fn, arg_tuples: list[tuple], emit, *, address: str | None = None, desc: str = "jobs",
@@ -19,7 +19,7 @@ def map_unordered(fn, arg_tuples: list[tuple], emit, *, address: str | None = No
         ray.init(address=address, num_cpus=None if address else 2, include_dashboard=False,
                  ignore_reinit_error=True, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ZestError(f"cannot reach Ray at {address or 'a new local instance'}: {str(e).splitlines()[0]}") from None
+        raise ZestError(f"cannot reach Ray at {address or 'a new local instance'}: {first_line(e)}") from None
     remote = ray.remote(num_cpus=1)(fn)
     pending = [remote.remote(*args) for args in arg_tuples]
     with tqdm(total=len(pending), desc=desc, unit="job", disable=not progress) as bar:

@@ -101,12 +101,7 @@ def sparsify(model: nn.Module, layers: list[str] | None, bn: str = "frozen") -> 
     spec = get_spec(model)
     all_layers = layer_map(model)
     full = layers is None
-    if not full:
-        head_named = [n for n in layers if n == spec.head or n.startswith(spec.head + ".")]
-        if head_named:
-            raise ZestError(f"{head_named[0]!r} is the head, which always trains; name candidate layers "
-                            "(`zest-edge layers --model M`)")
-    selected = all_layers if full else resolve_layers(all_layers, layers)
+    selected = all_layers if full else resolve_layers(all_layers, layers, head=spec.head)
     modules = dict(model.named_modules())
     for p in model.parameters():
         p.requires_grad_(full)

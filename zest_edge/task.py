@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .data import Preprocess, build_dataset
+from .data import Preprocess, build_dataset, default_val_limit
 from .errors import ZestError
 from .models import attach_spec, build_model, model_preprocess
 
@@ -49,8 +49,8 @@ def load_task(model: str, data: str, *, weights: str | None = None, resolution: 
             raise ZestError(f"--max-length must be between 4 and 512 tokens, got {max_length}")
         preprocess = replace(preprocess, max_length=max_length)
     train = build_dataset(data, "train", preprocess=preprocess, limit=limit, seed=seed, data_root=data_root)
-    if val_limit is None and limit is not None:
-        val_limit = max(limit // 4, 10 * train.num_classes)
+    if val_limit is None:
+        val_limit = default_val_limit(limit, train.num_classes)
     val = build_dataset(data, "val", preprocess=preprocess, limit=val_limit, seed=seed, data_root=data_root)
     with torch.random.fork_rng():          # the new head (and any random init) is fixed by the seed
         torch.manual_seed(seed)

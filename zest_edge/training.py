@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .errors import ZestError
+from .errors import ZestError, first_line
 from .fused import FusedOptimizer
 from .io import atomic_write_bytes, read_json, write_json
 from .sparse import SparseModel, sparsify
@@ -139,7 +139,7 @@ def load_trained(path: Path) -> tuple[dict, int]:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ZestError(f"checkpoint {path} is corrupt ({str(e).splitlines()[0]})") from None
+        raise ZestError(f"checkpoint {path} is corrupt ({first_line(e)})") from None
     if meta.get("format") != "zest-edge/trained":
         raise ZestError(f"{path} is not a zest-edge checkpoint")
     return tensors, int(meta["epoch"])
@@ -214,6 +214,12 @@ def metrics_record(sm: SparseModel, opt, epochs: list[dict], cached: bool, cache
             "trainable_params": sm.trainable_count(), "total_params": sm.total_count(),
             "trainable_share": sm.trainable_count() / sm.total_count(), "optimizer_backend": opt.backend,
             "feature_cache": cached, "cache_seconds": round(cache_seconds, 3), "epochs": epochs}
+
+
+def evaluate_run(task: Task, run_dir) -> float:
+    """Validation accuracy of the task's model with a run's trained parameters merged in (the model keeps them)."""
+    sm = load_run(task, run_dir)
+    return accuracy(sm, Batches(sm, task.val, 64, use_cache=False))
 
 
 def load_run(task: Task, run_dir) -> SparseModel:

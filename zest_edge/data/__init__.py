@@ -8,10 +8,10 @@ all labels, in index order). Adding a dataset is one `@register(name, kind)` loa
 """
 from ..errors import ZestError
 from ..registry import suggest
-from .core import DATASETS, SPLITS, LabeledDataset, Preprocess, Request, parse_classes, register
+from .core import DATASETS, SPLITS, LabeledDataset, Preprocess, Request, default_val_limit, parse_classes, register
 from . import folders, images, text  # noqa: F401  (modules register their datasets on import)
 
-__all__ = ["DATASETS", "LabeledDataset", "Preprocess", "build_dataset", "dataset_choices", "register"]
+__all__ = ["DATASETS", "LabeledDataset", "Preprocess", "build_dataset", "dataset_choices", "default_val_limit", "register"]
 
 
 def dataset_choices() -> list[str]:

@@ -38,6 +38,18 @@ class Preprocess:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ZestError(f"mean and std need 3 values each (std > 0), got {self.mean} and {self.std}")
 
+    def example(self, batch_size: int = 1, seed: int | None = None) -> torch.Tensor:
+        """A batch of the shape this preprocessing produces: zeros (token id 1 for text), or with `seed` random
+        values (token ids in [1000, 2000), the last quarter of each row padding)."""
+        if self.kind == "text":
+            if seed is None:
+                return torch.ones(batch_size, self.max_length, dtype=torch.long)
+            ids = torch.randint(1000, 2000, (batch_size, self.max_length), generator=torch.Generator().manual_seed(seed))
+            ids[:, self.max_length * 3 // 4:] = 0
+            return ids
+        shape = (batch_size, 3, self.resolution, self.resolution)
+        return torch.zeros(shape) if seed is None else torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
 
 @dataclass(frozen=True)
 class Request:
@@ -75,6 +87,11 @@ def parse_classes(text: str) -> tuple[int, ...] | None:
             raise ZestError(f"class range {part!r} runs backwards")
         picked.update(range(int(lo), int(hi or lo) + 1))
     return tuple(sorted(picked))
+
+
+def default_val_limit(limit: int | None, num_classes: int) -> int | None:
+    """Validation examples kept when only a training `limit` is given: a quarter of it, at least 10 per class."""
+    return None if limit is None else max(limit // 4, 10 * num_classes)
 
 
 def register(name: str, kind: str, arg: str | None = None):

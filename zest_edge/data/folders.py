@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ZestError
+from ..errors import ZestError, first_line
 from .core import Request, register
 from .images import PILImages
 
@@ -20,7 +20,7 @@ def imagefolder(req: Request):
     try:
         base = ImageFolder(str(path))
     except FileNotFoundError as e:                 # no class folders, or a class folder without images
-        raise ZestError(f"no images in {path}: expected PATH/<class>/<image> ({str(e).splitlines()[0]})") from None
+        raise ZestError(f"no images in {path}: expected PATH/<class>/<image> ({first_line(e)})") from None
     labels = np.asarray(base.targets, dtype=np.int64)
     idx = req.pick(labels, pooled=True)
     return PILImages(req, base.classes, base, idx, labels[idx])

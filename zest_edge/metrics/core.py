@@ -1,10 +1,4 @@
-"""Zero-shot metrics: one registered function per metric, one value per layer, from one minibatch.
-
-    @measure("snip", needs="data")
-    def snip(t): return (t.grad * t.weight).abs().sum()
-
-`compute_metrics(model, inputs, targets)` runs only the passes the requested metrics need.
-"""
+"""The metric registry, `@measure`, and `compute_metrics` (the metrics register from zero_shot.py)."""
 import math
 import warnings
 
@@ -57,5 +51,3 @@ def compute_metrics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
         warnings.warn(f"non-finite values in metrics: {', '.join(bad)} (reported as-is)")
     return result
 
-
-from . import zero_shot  # noqa: E402,F401  (registers the metrics)

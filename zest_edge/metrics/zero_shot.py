@@ -1,5 +1,5 @@
 """The 18 zero-shot metrics. W weight, G weight gradient, X output activation, dX its gradient."""
-from . import measure
+from .core import measure
 
 
 @measure("wt_avg")

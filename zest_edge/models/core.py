@@ -1,9 +1,4 @@
-"""Model registry: `build_model(name, num_classes=..., weights=...)` returns an nn.Module with a `zest_spec`.
-
-Every builder is keyword-only, replaces the classification head with a fresh `num_classes` one, and attaches a
-`ModelSpec` that names the head module and the preprocessing the weights expect. A user's own module works
-everywhere once it carries a spec: `attach_spec(module, ModelSpec(...))`.
-"""
+"""The model registry and the spec every model carries (the builders register from their own modules)."""
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -11,7 +6,7 @@ import torch
 from torch import nn
 
 from ..data import Preprocess
-from ..errors import ZestError
+from ..errors import ZestError, first_line
 from ..registry import Registry
 
 MODELS = Registry("model")
@@ -34,6 +29,16 @@ class ModelSpec:
 def attach_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
     model.zest_spec = spec
     return model
+
+
+def with_preprocess(model: nn.Module, **changes) -> nn.Module:
+    """The model with its spec's preprocessing changed (e.g. resolution=64); None values change nothing."""
+    from dataclasses import replace
+    changes = {k: v for k, v in changes.items() if v is not None}
+    spec = get_spec(model)
+    if spec.preprocess.kind != "image":
+        changes.pop("resolution", None)
+    return attach_spec(model, replace(spec, preprocess=replace(spec.preprocess, **changes))) if changes else model
 
 
 def get_spec(model: nn.Module) -> ModelSpec:
@@ -66,7 +71,7 @@ def load_state_dict_file(path) -> dict:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
-        raise ZestError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
+        raise ZestError(f"cannot read weights {path}: {first_line(e)}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -88,5 +93,3 @@ def load_backbone(model: nn.Module, state_dict: dict, head: str, source: str) ->
                             f"{tuple(given[k].shape)}, expected {tuple(v.shape)}")
     model.load_state_dict({**model.state_dict(), **{k: given[k] for k in own}})
 
-
-from . import efficientnet_lite, minilm, mobilenet, resnet  # noqa: E402,F401  (register builders)

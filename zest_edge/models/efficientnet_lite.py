@@ -4,7 +4,7 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from . import MODELS, PREPROCESS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
+from .core import MODELS, PREPROCESS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
 from ..data import Preprocess
 from ..errors import ZestError
 from ..io import package_dir

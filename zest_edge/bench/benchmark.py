@@ -9,7 +9,7 @@
     head-only       the head alone
     contribution@k  the k layers with the highest single-layer accuracy in a contribution sweep (config
                     `contribution`: a sweep folder or one rows JSONL file; only when named)
-with `zest_edge.finetune.finetune` and one Schedule for all. Layout:
+with `zest_edge.training.finetune` and one Schedule for all. Layout:
     out/plan.json                  the config and every run's selection (fixed before the first run starts)
     out/runs/<method>/seed<S>/     one finetune run folder each (config.json, metrics.json, trained.safetensors)
     out/results.json               format zest-edge/results: per method, final val acc mean ± std over seeds,
@@ -28,7 +28,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .errors import ZestError
+from ..errors import ZestError
 
 FORMAT = "zest-edge/results"
 VERSION = 1
@@ -51,7 +51,7 @@ SETTINGS = {
 
 def load_benchmark_config(path) -> dict:
     """The YAML config with defaults filled in and every value checked."""
-    from .config import load_config
+    from ..config import load_config
     path = Path(path)
     cfg = {**SETTINGS, **load_config(path, set(SETTINGS))}
     for key in ("model", "data"):
@@ -91,7 +91,7 @@ def _resolve(p, config_path: Path) -> Path:
 
 
 def schedule(cfg: dict):
-    from .finetune import Schedule
+    from ..training import Schedule
     try:
         return Schedule(epochs=int(cfg["epochs"]), lr=float(cfg["lr"]), optimizer=str(cfg["optimizer"]),
                         batch_size=int(cfg["batch_size"]), momentum=float(cfg["momentum"]),
@@ -122,8 +122,8 @@ class Tasks:
 
     def get(self, seed: int):
         import torch
-        from .models import attach_spec, build_model
-        from .task import load_task
+        from ..models import attach_spec, build_model
+        from ..task import load_task
         c = self.cfg
         if seed not in self.by_seed:
             self.by_seed[seed] = load_task(c["model"], c["data"], weights=c["weights"], resolution=c["resolution"],
@@ -139,13 +139,13 @@ class Tasks:
 def contribution_order(path) -> list[str]:
     """Layers by single-layer accuracy, best first, from a sweep folder (rows*.jsonl), one JSONL file, or a
     corpus combination file (corpus/*.json)."""
-    from .io import read_jsonl
+    from ..io import read_jsonl
     path = Path(path)
     if path.is_dir():
-        from .contrib import load_sweep
+        from ..contrib import load_sweep
         rows = list(load_sweep(path)["rows"].values())
     elif path.suffix == ".json":
-        from .corpus import load_corpus
+        from ..corpus import load_corpus
         rows = [{"layer": l["name"], "acc": l["contribution"]} for l in load_corpus(path)[0]["layers"]]
     elif path.is_file():
         rows = read_jsonl(path)
@@ -166,7 +166,7 @@ def contribution_order(path) -> list[str]:
 
 def select(method: str, k: int | None, seed: int, tasks: Tasks, cfg: dict, memo: dict) -> tuple[list | None, dict]:
     """(layer names in execution order, or None for full; [] for head-only) and how they were chosen."""
-    from .layers import layer_map
+    from ..layers import layer_map
     if method == "full":
         return None, {"method": "full"}
     if method == "head-only":
@@ -190,7 +190,7 @@ def select(method: str, k: int | None, seed: int, tasks: Tasks, cfg: dict, memo:
                             f"of {cfg['model']}")
         chosen, how = order[:k], {"sweep": cfg["contribution"]}
     else:
-        from .ranking import rank_task
+        from ..ranking import rank_task
         metric = cfg["metric"] if method == "best-metric" else None
         rkey = (method, seed)
         if rkey not in memo:
@@ -211,7 +211,7 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
 
 
 def finished(path: Path, epochs: int) -> bool:
-    from .io import read_json
+    from ..io import read_json
     try:
         return len(read_json(path / "metrics.json", "run")["epochs"]) >= epochs
     except (ZestError, KeyError, TypeError):
@@ -231,8 +231,8 @@ def make_plan(cfg: dict, tasks: Tasks, progress: bool) -> list[dict]:
 def benchmark(config_path, out, *, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) every method × seed of the config into `out`; returns the results record."""
     from tqdm import tqdm
-    from .finetune import config_hash, finetune
-    from .io import read_json, write_json
+    from ..training import config_hash, finetune
+    from ..io import read_json, write_json
     cfg = load_benchmark_config(config_path)
     out = Path(out)
     plan_path = out / "plan.json"
@@ -273,7 +273,7 @@ def benchmark(config_path, out, *, resume: bool = False, progress: bool = True) 
     record = summarize(cfg, plan, out, complete=True)
     record["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "results.json", record)
-    from .io import write_text
+    from ..io import write_text
     write_text(out / "results.md", results_table(record))
     plot_curves(record, out / "curves.png")
     return record
@@ -294,7 +294,7 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def summarize(cfg: dict, plan: dict, out: Path, complete: bool) -> dict:
     """Per method: final val acc mean ± std over seeds, params, median step ms, mean per-epoch curve."""
-    from .io import read_json
+    from ..io import read_json
     methods = []
     for label, method, k in method_labels(cfg):
         runs = [r for r in plan["runs"] if r["label"] == label]
@@ -334,7 +334,7 @@ def summarize(cfg: dict, plan: dict, out: Path, complete: bool) -> dict:
         m["delta_vs_full"] = m["final_val_acc_mean"] - full["final_val_acc_mean"] if ok else None
         m["speedup_vs_full"] = (full["step_ms_median"] / m["step_ms_median"]
                                 if ok and m["step_ms_median"] else None)
-    from .profile import cpu_model
+    from .machine import cpu_model
     import torch
     return {"format": FORMAT, "version": VERSION, "complete": complete, "name": cfg.get("name"),
             "model": cfg["model"], "data": cfg["data"], "config": _jsonable(cfg),

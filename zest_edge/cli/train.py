@@ -1,0 +1,152 @@
+"""Training and ground truth: finetune, evaluate, contrib, train-predictor, eval-predictor."""
+import click
+
+from ..errors import ZestError
+from .options import task_options, load, selection_options, select_from_flags, schedule_options
+
+
+@click.command()
+@task_options
+@selection_options
+@schedule_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def finetune(top_k, ranking, predictor, metric, layers, random_k, full, epochs, lr, optimizer, batch_size,
+             weight_decay, bn, no_cache, backend, out, resume, force, **task_args):
+    """Fine-tune chosen layers (+ head) and write run/ (metrics.json, trained.safetensors)."""
+    from ..training import Schedule, finetune as run
+    schedule = Schedule(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
+                        bn=bn, cache=not no_cache, backend=backend)
+    schedule.check()
+    task = load(**task_args)
+    chosen = select_from_flags(task, top_k=top_k, ranking=ranking, predictor=predictor, metric=metric, layers=layers,
+                               random_k=random_k, full=full, seed=task_args["seed"])
+    record = run(task, chosen.layers, schedule, out, resume=resume, force=force, selection=chosen.info)
+    last = record["epochs"][-1]
+    click.echo(f"trained {len(record['layers'])} layers + head: {record['trainable_params']:,} of "
+               f"{record['total_params']:,} parameters ({100 * record['trainable_share']:.2f}%), "
+               f"update backend {record['optimizer_backend']}")
+    click.echo(f"val acc {last['val_acc_before']:.4f} (untrained head) -> {last['val_acc']:.4f}; "
+               f"step {last['step_ms_median']:.1f} ms; peak RSS {last['peak_rss_mb']:.0f} MB; wrote {out}/")
+
+
+@click.command()
+@task_options
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder from finetune.")
+@click.option("--save", type=click.Path(dir_okay=False), default=None, help="Write the merged full model (safetensors).")
+def evaluate(run_dir, save, **task_args):
+    """Merge a run's trained layers into the model and report validation accuracy."""
+    from ..training import evaluate_run
+    task = load(**task_args)
+    acc = evaluate_run(task, run_dir)
+    click.echo(f"{task.model_name} + {run_dir}: val acc {acc:.4f} on {len(task.val)} examples of {task.data_spec}")
+    if save:
+        from safetensors.torch import save as st_save
+        from ..io import atomic_write_bytes
+        atomic_write_bytes(save, st_save({k: v.contiguous() for k, v in task.model.state_dict().items()}))
+        click.echo(f"wrote {save}")
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML fixing every setting below (flags override it).")
+@click.option("--model", default=None, help="Registered model name.")
+@click.option("--data", default=None, help="Dataset spec (a class subset too: fashion_mnist:0-4).")
+@click.option("--data-root", default=None)
+@click.option("--weights", default=None)
+@click.option("--resolution", type=int, default=None)
+@click.option("--max-length", type=int, default=None, help="Text models: tokens per example.")
+@click.option("--limit", type=int, default=None, help="Training examples (class-balanced) [2000].")
+@click.option("--val-limit", type=int, default=None, help="Validation examples (class-balanced) [2000].")
+@click.option("--seed", type=int, default=None, help="Data subset seed [0].")
+@click.option("--train-seed", type=int, default=None, help="Head init and data order [the data seed]; another value = a retest.")
+@click.option("--epochs", type=int, default=None, help="Epochs per layer [4].")
+@click.option("--score-epochs", type=int, default=None, help="Score = mean val accuracy of the last N epochs [2].")
+@click.option("--lr", type=float, default=None, help="One learning rate (skips the probe) instead of the grid.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None, help="[adamw]")
+@click.option("--batch-size", type=int, default=None, help="[32]")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep folder (append-only store).")
+@click.option("--shard", default="0/1", show_default=True, help="Run slice I of N of the layers.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default=None, help="Ray cluster address (with --backend ray).")
+@click.option("--corpus-out", type=click.Path(dir_okay=False), default=None,
+              help="When the sweep is complete, write the combination file (contributions + metrics) here.")
+def contrib(config_path, out, shard, backend, address, corpus_out, lr, **flags):
+    """Contribution sweep: fine-tune each layer alone (+ head) and record the accuracy it reaches (resumable)."""
+    from ..config import load_config
+    from ..contrib import HEAD, SweepConfig, check_shard, run_sweep
+    from ..corpus import combination_record, write_combination
+    cfg = load_config(config_path, None) if config_path else {}
+    cfg.update({k: v for k, v in flags.items() if v is not None})
+    if lr is not None:
+        cfg["lr_grid"] = [lr]
+    if not cfg.get("model") or not cfg.get("data"):
+        raise ZestError("contrib needs --model and --data (or a --config naming them)")
+    sweep = SweepConfig.from_dict(cfg, config_path or "contrib")
+    try:
+        shard_i, shard_n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise ZestError(f"--shard must look like I/N, got {shard!r}") from None
+    check_shard((shard_i, shard_n))
+    task = sweep.load_task()
+    result = run_sweep(sweep, out, shard=(shard_i, shard_n), backend=backend, address=address, task=task)
+    rows = result["rows"]
+    click.echo(f"{len(rows)} rows in {out} at lr {result['lr']:g}" +
+               (f"; head only: {rows[HEAD]['acc']:.4f}" if HEAD in rows else ""))
+    for name, row in sorted(rows.items(), key=lambda kv: -kv[1]["acc"])[:5]:
+        click.echo(f"  {row['acc']:.4f} ± {row['se']:.4f}  {name}")
+    if corpus_out:
+        record = combination_record(task, out, batch_size=sweep.metric_batch_size,
+                                    batch_seeds=[sweep.seed + i for i in range(sweep.metric_batches)])
+        record["note"] = sweep.note
+        write_combination(corpus_out, record)
+        click.echo(f"wrote {corpus_out} ({len(record['layers'])} layers, sweep {record['sweep_seconds']:.0f} s)")
+
+
+@click.command("train-predictor")
+@click.option("--corpus", required=True, type=click.Path(exists=True), help="Folder of combination files.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Predictor JSON to write.")
+@click.option("--hidden", type=int, default=0, show_default=True, help="Hidden units (0 = linear scorer).")
+@click.option("--epochs", type=int, default=300, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--exclude", multiple=True, help="Leave out combination files whose name contains this (repeatable).")
+def train_predictor(corpus, out, hidden, epochs, seed, exclude):
+    """Train the pairwise predictor on a corpus of contribution sweeps."""
+    import datetime
+    from ..corpus import load_corpus
+    from ..metrics import METRICS
+    from ..predictor import train
+    from ..bench.predictor_eval import contributions
+    combos = [c for c in load_corpus(corpus) if not any(x in c["file"] for x in exclude)]
+    if not combos:
+        raise ZestError("--exclude left no combination to train on")
+    names = [m for m in METRICS if all(m in c["metric_names"] for c in combos)]
+    predictor = train([(c["layers"], contributions(c)) for c in combos], names, hidden=hidden, epochs=epochs, seed=seed,
+                      provenance={"id": f"zest-{datetime.date.today().isoformat()}", "corpus": [c["file"] for c in combos]})
+    predictor.save(out)
+    click.echo(f"trained on {len(combos)} combinations, {predictor.provenance['pairs']} pairs; wrote {out}")
+
+
+@click.command("eval-predictor")
+@click.option("--corpus", required=True, type=click.Path(exists=True), help="Folder of combination files.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write eval.json and eval.md here.")
+@click.option("--hidden", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, default=300, show_default=True)
+def eval_predictor(corpus, out, hidden, epochs):
+    """Held-out Kendall τ of the predictor vs single-metric baselines (leave-one-out)."""
+    from pathlib import Path
+    from ..corpus import load_corpus
+    from ..io import write_json, write_text
+    from ..metrics import METRICS
+    from ..bench.predictor_eval import evaluate, markdown
+    combos = load_corpus(corpus)
+    names = [m for m in METRICS if all(m in c["metric_names"] for c in combos)]
+    results = evaluate(combos, names, hidden=hidden, epochs=epochs)
+    text = markdown(results, names)
+    click.echo(text)
+    if out:
+        write_json(Path(out) / "eval.json", {"format": "zest-edge/predictor-eval", "version": 1, "hidden": hidden,
+                                             "epochs": epochs, "results": results})
+        write_text(Path(out) / "eval.md", text)
+        click.echo(f"wrote {out}/eval.json and eval.md")
