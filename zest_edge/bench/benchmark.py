@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import statistics
 import time
 from pathlib import Path
@@ -165,43 +164,32 @@ def contribution_order(path) -> list[str]:
 
 
 def select(method: str, k: int | None, seed: int, tasks: Tasks, cfg: dict, memo: dict) -> tuple[list | None, dict]:
-    """(layer names in execution order, or None for full; [] for head-only) and how they were chosen."""
+    """(layer names in execution order, or None for full; [] for head-only) and how they were chosen: every method
+    goes through zest_edge.selection.select_layers (rankings are made once per seed at the largest k, then cut)."""
     from ..layers import layer_map
-    if method == "full":
-        return None, {"method": "full"}
-    if method == "head-only":
-        return [], {"method": "head-only"}
-    key = ("names", seed)
-    if key not in memo:
-        memo[key] = [l.name for l in layer_map(tasks.get(seed).model)]
-    names = memo[key]
-    if k > len(names):
-        raise ZestError(f"{method}@{k}: {cfg['model']} has only {len(names)} layers")
-    if method == "last":
-        chosen, how = names[-k:], {}
-    elif method == "random":
-        chosen, how = random.Random(seed).sample(names, k), {"seed": seed}
-    elif method == "contribution":
+    from ..selection import select_layers
+    task = tasks.get(seed)
+    flag = f"{method}@{k}"
+    if method == "contribution":
         if "contribution" not in memo:
             memo["contribution"] = contribution_order(cfg["contribution"])
-        order = [n for n in memo["contribution"] if n in set(names)]
+        names = {l.name for l in layer_map(task.model)}
+        order = [n for n in memo["contribution"] if n in names]
         if len(order) < k:
             raise ZestError(f"contribution@{k}: the sweep {cfg['contribution']} covers only {len(order)} layers "
                             f"of {cfg['model']}")
-        chosen, how = order[:k], {"sweep": cfg["contribution"]}
-    else:
+        chosen = select_layers(task, "layers", names=order[:k], flag=flag)
+        return chosen.layers, {"method": method, "k": k, "sweep": cfg["contribution"]}
+    if method in ("zest", "best-metric"):
         from ..ranking import rank_task
         metric = cfg["metric"] if method == "best-metric" else None
-        rkey = (method, seed)
-        if rkey not in memo:
-            task = tasks.get(seed)
-            memo[rkey] = rank_task(task, top_k=max(cfg["k"]), predictor=None if metric else cfg["predictor"],
-                                   metric=metric, batch_size=int(cfg["rank_batch_size"]))
-        record = memo[rkey]
-        ranked = [l["name"] for l in sorted(record["layers"], key=lambda l: l["rank"])]
-        chosen, how = ranked[:k], {"ranked_by": record.get("ranked_by")}
-    wanted = set(chosen)
-    return [n for n in names if n in wanted], {"method": method, "k": k, **how}
+        if (method, seed) not in memo:
+            memo[method, seed] = rank_task(task, top_k=max(cfg["k"]), predictor=None if metric else cfg["predictor"],
+                                           metric=metric, batch_size=int(cfg["rank_batch_size"]))
+        chosen = select_layers(task, "ranking", ranking=memo[method, seed], k=k, flag=flag)
+        return chosen.layers, {"method": method, "k": k, "ranked_by": memo[method, seed].get("ranked_by")}
+    chosen = select_layers(task, method, k=k, seed=seed, flag=flag)       # full, head-only, random, last
+    return chosen.layers, {**chosen.info, **({"seed": seed} if method == "random" else {})}
 
 
 # ------------------------------------------------------------------------------------------------ running
