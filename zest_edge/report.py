@@ -10,9 +10,13 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
 
 
-def layer_table(layers) -> str:
-    return table(["#", "layer", "type", "shape", "params", "depth"],
-                 [[l.index, l.name, l.type, "x".join(map(str, l.shape)), f"{l.params:,}", f"{l.depth:.2f}"] for l in layers])
+def layer_table(layers, role=None) -> str:
+    """One row per layer; with `role` (name -> role, from the model's spec) a role column too."""
+    rows = [[l.index, l.name, l.type, "x".join(map(str, l.shape)), f"{l.params:,}", f"{l.depth:.2f}"] for l in layers]
+    if role is None:
+        return table(["#", "layer", "type", "shape", "params", "depth"], rows)
+    return table(["#", "layer", "type", "role", "shape", "params", "depth"],
+                 [[*r[:3], role(l.name) or "-", *r[3:]] for r, l in zip(rows, layers)])
 
 
 def metrics_table(record: dict) -> str:

@@ -32,7 +32,8 @@ def layers(model_name, num_classes, weights):
     from ..layers import layer_map
     from ..models import build_model
     from ..report import layer_table
-    click.echo(layer_table(layer_map(build_model(model_name, num_classes=num_classes, weights=weights))))
+    model = build_model(model_name, num_classes=num_classes, weights=weights)
+    click.echo(layer_table(layer_map(model), role=model.zest_spec.role))
 
 
 @click.command()

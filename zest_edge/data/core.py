@@ -27,7 +27,7 @@ class Preprocess:
     resolution: int = 224                      # image side (square resize)
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
-    tokenizer_dir: str | None = None           # text: folder with a HF tokenizer (tokenizer.json / vocab.txt)
+    tokenizer_dir: str | None = None           # text: HF tokenizer folder (tokenizer.json / vocab.txt) or .gguf
     max_length: int = 64                       # text: pad/truncate to this many tokens
 
     def __post_init__(self):

@@ -1,4 +1,5 @@
-"""Text datasets: sentences tokenised once, at construction, into an int64 [N, max_length] table (pad id 0)."""
+"""Text datasets: sentences tokenised once, at construction, into an int64 [N, max_length] table (pad id 0, so
+models take `ids != 0` as the attention mask)."""
 import csv
 from pathlib import Path
 
@@ -10,11 +11,19 @@ from ..io import package_dir
 from .core import LabeledDataset, Request, register
 
 
-def tokenize(texts: list[str], tokenizer_dir: str, max_length: int) -> torch.Tensor:
-    from transformers import AutoTokenizer
+def load_tokenizer(tokenizer_dir: str):
+    """A HF tokenizer folder (tokenizer.json / vocab.txt), or a GGUF file whose tokenizer is converted once."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    if str(tokenizer_dir).endswith(".gguf"):
+        from ..gguf import tokenizer_file
+        return PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file(tokenizer_dir)))
     if not Path(tokenizer_dir, "tokenizer.json").exists() and not Path(tokenizer_dir, "vocab.txt").exists():
         raise ZestError(f"no tokenizer in {tokenizer_dir}: expected tokenizer.json or vocab.txt")
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    return AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+
+
+def tokenize(texts: list[str], tokenizer_dir: str, max_length: int) -> torch.Tensor:
+    tok = load_tokenizer(tokenizer_dir)
     rows = tok(texts, truncation=True, max_length=max_length)["input_ids"]
     ids = np.zeros((len(rows), max_length), dtype=np.int64)
     for i, row in enumerate(rows):

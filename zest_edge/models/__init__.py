@@ -6,7 +6,7 @@ everywhere once it carries a spec: `attach_spec(module, ModelSpec(...))`.
 """
 from .core import (MODELS, PREPROCESS, RANDOM, ModelSpec, attach_spec, build_model, get_spec, load_backbone,
                    load_state_dict_file, model_preprocess, with_preprocess)
-from . import efficientnet_lite, minilm, mobilenet, resnet  # noqa: E402,F401  (register builders)
+from . import efficientnet_lite, minilm, mobilenet, resnet, smollm  # noqa: E402,F401  (register builders)
 
 __all__ = ["MODELS", "PREPROCESS", "RANDOM", "ModelSpec", "attach_spec", "build_model", "get_spec", "load_backbone",
            "load_state_dict_file", "model_preprocess", "with_preprocess"]

@@ -24,6 +24,7 @@ class ModelSpec:
     # output to the next. Stage boundaries are where everything downstream depends only on the passed value,
     # which lets the sparse engine run a frozen prefix without autograd and cache its output.
     stages: Callable[[nn.Module], list[tuple[tuple[str, ...], Callable]]] | None = None
+    role: Callable[[str], str | None] | None = None    # a layer's role in its block (e.g. q, k, v, o), by name
 
 
 def attach_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:

