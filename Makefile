@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.zest-installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean wheelhouse
 
 setup: $(STAMP)
 
@@ -23,6 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Wheels tools/gpu_check.sh installs on a GPU machine without a package registry (for its Python: GPU_PY).
+GPU_PY ?= 3.12
+wheelhouse: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    -d tools/wheelhouse -r tools/gpu_requirements.txt
 
 clean:
 	rm -rf build *.egg-info zest_edge/*.so

