@@ -61,8 +61,7 @@ def rank_task(task: Task, *, top_k: int, predictor=None, metric: str | None = No
     return rank_record(record, scores, top_k, ranked_by, sum(p.numel() for p in head.parameters()))
 
 
-def peft_config(record: dict, head: str) -> dict:
-    """A PEFT LoraConfig-style dict targeting just the selected modules (LoRA + ZEST)."""
-    return {"peft_type": "LORA", "task_type": None, "r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "bias": "none",
-            "target_modules": record["selected"], "modules_to_save": [head],
-            "zest_edge": {"model": record["model"], "ranked_by": record["ranked_by"], "top_k": record["top_k"]}}
+def peft_config(record: dict, head: str, r: int = 8) -> dict:
+    """`peft.LoraConfig(**result)` adapts just the selected modules (full names) and trains the head (LoRA + ZEST)."""
+    from .lora import config_dict
+    return config_dict(record["selected"], head, r=r, alpha=2 * r)

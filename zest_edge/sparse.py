@@ -35,6 +35,8 @@ class SparseModel:
     trained_bn: list[str]            # BN modules in train mode
     prefix: list                     # stages run without autograd
     suffix: list                     # stages run with autograd (the whole model when it has no stages)
+    lora: object = None              # LoraSpec when the selected layers train through LoRA adapters (zest_edge.lora)
+    peft: object = None              # the PeftModel wrapping `model` then (for save_pretrained)
 
     def train_mode(self) -> None:
         """model.train(), then frozen BN and the prefix back to eval."""

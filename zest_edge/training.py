@@ -3,6 +3,7 @@
 run/config.json      what was asked (task, selection, schedule); a resume must ask the same
 run/trained.safetensors  the trained parameters, optimizer state and RNG state after the last finished epoch
 run/metrics.json     one record per finished epoch (format zest-edge/run)
+run/adapter/         with LoRA: the adapter (LoRA factors + head) as PEFT's save_pretrained writes it
 """
 import hashlib
 import json
@@ -115,9 +116,9 @@ def accuracy(sm: SparseModel, batches: Batches) -> float:
     return correct / len(batches.dataset)
 
 
-def run_config(task: Task, layers: list[str] | None, schedule: Schedule, selection: dict | None) -> dict:
+def run_config(task: Task, layers: list[str] | None, schedule: Schedule, selection: dict | None, lora=None) -> dict:
     return {"format": "zest-edge/run-config", "version": 1, "task": task.describe(), "layers": layers,
-            "selection": selection or {}, "schedule": asdict(schedule)}
+            "selection": selection or {}, "schedule": asdict(schedule), **({"lora": lora.to_dict()} if lora else {})}
 
 
 def config_hash(config: dict) -> str:
@@ -146,13 +147,17 @@ def load_trained(path: Path) -> tuple[dict, int]:
 
 
 def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, resume: bool = False,
-             force: bool = False, selection: dict | None = None, progress: bool = True) -> dict:
+             force: bool = False, selection: dict | None = None, progress: bool = True, lora=None) -> dict:
     """Train `layers` (+ head; None = everything) and write the run folder; returns the metrics record."""
     from tqdm import tqdm
     schedule.check()
     out = Path(out)
-    config = run_config(task, layers, schedule, selection)
-    sm = sparsify(task.model, layers, bn=schedule.bn)
+    config = run_config(task, layers, schedule, selection, lora)
+    if lora is None:
+        sm = sparsify(task.model, layers, bn=schedule.bn)
+    else:               # a zest_edge.lora.LoraSpec: LoRA adapters on `layers` (None: every layer) + the head train
+        from .lora import lora_sparsify
+        sm = lora_sparsify(task.model, layers, lora, bn=schedule.bn)
     records, start_epoch = [], 0
     if out.exists() and any(out.iterdir()):
         if resume and (out / "config.json").exists():
@@ -201,6 +206,9 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
                         "val_acc_before": initial_acc, "train_seconds": round(train_seconds, 3),
                         "step_ms_median": round(sorted(step_ms)[len(step_ms) // 2], 3), "peak_rss_mb": round(peak_rss_mb(), 1)})
         save_state(out, sm, opt, epoch + 1)
+        if sm.peft is not None:
+            from .lora import ADAPTER_DIR, save_adapter
+            save_adapter(sm, out / ADAPTER_DIR)
         record = metrics_record(sm, opt, records, use_cache, cache_seconds)
         write_json(out / "metrics.json", record)
         if progress:
@@ -213,7 +221,8 @@ def metrics_record(sm: SparseModel, opt, epochs: list[dict], cached: bool, cache
     return {"format": "zest-edge/run", "version": 1, "layers": [l.name for l in sm.selected], "full": sm.full,
             "trainable_params": sm.trainable_count(), "total_params": sm.total_count(),
             "trainable_share": sm.trainable_count() / sm.total_count(), "optimizer_backend": opt.backend,
-            "feature_cache": cached, "cache_seconds": round(cache_seconds, 3), "epochs": epochs}
+            "feature_cache": cached, "cache_seconds": round(cache_seconds, 3), "epochs": epochs,
+            **({"lora": sm.lora.to_dict()} if sm.lora else {})}
 
 
 def evaluate_run(task: Task, run_dir) -> float:
@@ -223,11 +232,15 @@ def evaluate_run(task: Task, run_dir) -> float:
 
 
 def load_run(task: Task, run_dir) -> SparseModel:
-    """The task's model with the run's trained parameters merged in (eval-ready)."""
+    """The task's model with the run's trained parameters merged in (eval-ready); a LoRA run's adapter is loaded by
+    PEFT and merged into the weights (head included)."""
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json", "run-config")
     if config["task"]["model"] != task.model_name:
         raise ZestError(f"{run_dir} was trained for {config['task']['model']}, not {task.model_name}")
+    if config.get("lora"):
+        from .lora import ADAPTER_DIR, merge_adapter
+        return sparsify(merge_adapter(task.model, run_dir / ADAPTER_DIR), config["layers"], bn=config["schedule"]["bn"])
     tensors, _ = load_trained(run_dir / "trained.safetensors")
     sm = sparsify(task.model, config["layers"], bn=config["schedule"]["bn"])
     with torch.no_grad():

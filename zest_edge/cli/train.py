@@ -12,19 +12,29 @@ from .options import task_options, load, selection_options, select_from_flags, s
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--lora", "lora_r", type=int, default=None,
+              help="Train rank-R LoRA adapters (PEFT) on the chosen layers instead of their weights; with --full, on every layer.")
+@click.option("--lora-alpha", type=float, default=None, help="LoRA scaling alpha [2·R].")
 def finetune(top_k, ranking, predictor, metric, layers, random_k, full, epochs, lr, optimizer, batch_size,
-             weight_decay, bn, no_cache, backend, out, resume, force, **task_args):
-    """Fine-tune chosen layers (+ head) and write run/ (metrics.json, trained.safetensors)."""
+             weight_decay, bn, no_cache, backend, out, resume, force, lora_r, lora_alpha, **task_args):
+    """Fine-tune chosen layers (+ head) and write run/ (metrics.json, trained.safetensors; adapter/ with --lora)."""
     from ..training import Schedule, finetune as run
     schedule = Schedule(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
                         bn=bn, cache=not no_cache, backend=backend)
     schedule.check()
+    lora = None
+    if lora_r is not None:
+        from ..lora import LoraSpec
+        lora = LoraSpec(r=lora_r, alpha=lora_alpha).check()
+    elif lora_alpha is not None:
+        raise ZestError("--lora-alpha needs --lora R")
     task = load(**task_args)
     chosen = select_from_flags(task, top_k=top_k, ranking=ranking, predictor=predictor, metric=metric, layers=layers,
                                random_k=random_k, full=full, seed=task_args["seed"])
-    record = run(task, chosen.layers, schedule, out, resume=resume, force=force, selection=chosen.info)
+    record = run(task, chosen.layers, schedule, out, resume=resume, force=force, selection=chosen.info, lora=lora)
     last = record["epochs"][-1]
-    click.echo(f"trained {len(record['layers'])} layers + head: {record['trainable_params']:,} of "
+    what = f"LoRA r={lora.r} on {len(record['layers'])} layers" if lora else f"{len(record['layers'])} layers"
+    click.echo(f"trained {what} + head: {record['trainable_params']:,} of "
                f"{record['total_params']:,} parameters ({100 * record['trainable_share']:.2f}%), "
                f"update backend {record['optimizer_backend']}")
     click.echo(f"val acc {last['val_acc_before']:.4f} (untrained head) -> {last['val_acc']:.4f}; "
