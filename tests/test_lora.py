@@ -121,3 +121,13 @@ def test_bad_lora_requests_are_one_line_errors(tmp_path):
         lora_sparsify(tiny(), [], LoraSpec())
     with pytest.raises(ZestError, match="no PEFT adapter"):
         merge_adapter(tiny(), tmp_path)
+
+
+def test_profile_plans_lora_all_and_lora_on_the_zest_layers_next_to_full_and_zest():
+    from zest_edge.bench.profile import check_args, plan_configs
+    plan = plan_configs(tiny(), [2], ["full", "zest", "lora", "lora-zest"], order=CHOSEN, ranking=None, label="zest",
+                        lora_r=4)
+    assert [(c["name"], c["layers"], c["lora"]) for c in plan] == [
+        ("full", None, None), ("zest@2", CHOSEN, None), ("lora-all", None, 4), ("lora+zest@2", CHOSEN, 4)]
+    with pytest.raises(ZestError, match="torch backend only"):
+        check_args(["torch", "ort"], ["full", "lora"], "adamw", "cpu", 1, 0, 1, [2], None)

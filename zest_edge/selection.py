@@ -15,6 +15,8 @@ were chosen (it goes into run configs and manifests); `ranking` is the ranking r
 import random
 from dataclasses import dataclass, field
 
+from torch import nn
+
 from .errors import ZestError
 from .layers import check_top_k, layer_map, resolve_layers
 
@@ -38,7 +40,7 @@ def select_layers(task, method: str, *, k: int | None = None, names=None, rankin
     """Resolve one selection request (see the module docstring) against the task's (or model's) layer map;
     `flag` names k in error messages."""
     from .models import get_spec
-    model = getattr(task, "model", task)
+    model = task if isinstance(task, nn.Module) else task.model      # a module may itself have a `.model` child
     model_name = get_spec(model).name
     if method not in METHODS:
         raise ZestError(f"unknown selection {method!r}; choose from: {', '.join(METHODS)}")

@@ -7,7 +7,8 @@
 
 Configurations (every one trained with the same optimizer, default AdamW lr 1e-3; `sgd` is plain SGD without
 momentum in every backend, since ORT's on-device SGD has none): `full`; `zest@k`, the top k of a ranking (a file,
-or ranked now on --data) or the first k of an explicit --layers order; `last@k`; `head-only`.
+or ranked now on --data) or the first k of an explicit --layers order; `last@k`; `lora-all` (rank-r LoRA through PEFT on every layer + the
+head); `lora+zest@k` (LoRA on zest@k's layers only, backprop cut at the earliest); `head-only`. LoRA runs on torch only.
 
 Backends: `torch` (the sparse engine; the frozen prefix runs every step under no_grad); `ort` (the exported split
 artifacts: prefix.onnx inference, then the suffix's training step — a device's first epoch); `ort-cached` (the
@@ -35,20 +36,25 @@ from .machine import machine_info
 
 FORMAT = "zest-edge/profile"
 VERSION = 2
-CONFIG_KINDS = ("full", "zest", "last", "head")
+CONFIG_KINDS = ("full", "zest", "last", "head", "lora", "lora-zest")
+DEFAULT_CONFIGS = ("full", "zest", "last", "head")
 BACKENDS = ("torch", "ort")
 OPTIMIZERS = ("adamw", "sgd")
 BOOTSTRAP = 2000
 
 
-def plan_configs(model, ks: list[int], kinds, *, order: list[str] | None, ranking: dict | None, label: str) -> list[dict]:
-    """[{name, kind, k, layers}] in table order: full, zest@k..., last@k..., head-only (layers in execution order)."""
+def plan_configs(model, ks: list[int], kinds, *, order: list[str] | None, ranking: dict | None, label: str,
+                 lora_r: int = 8) -> list[dict]:
+    """[{name, kind, k, layers, lora}] in table order: full, zest@k..., last@k..., lora-all, lora+zest@k...,
+    head-only (layers in execution order; lora: the LoRA rank or None)."""
     from ..selection import select_layers
     configs = []
     if "full" in kinds:
-        configs.append({"name": "full", "kind": "full", "k": None, "layers": None})
-    for kind in ("zest", "last"):
-        for k in ks if kind in kinds else []:
+        configs.append({"name": "full", "kind": "full", "k": None, "layers": None, "lora": None})
+    for kind in ("zest", "last", "lora", "lora-zest"):
+        if kind == "lora" and kind in kinds:
+            configs.append({"name": "lora-all", "kind": "lora", "k": None, "layers": None, "lora": lora_r})
+        for k in ks if kind in kinds and kind != "lora" else []:
             if kind == "last":
                 chosen = select_layers(model, "last", k=k)
             elif ranking is not None:
@@ -57,10 +63,11 @@ def plan_configs(model, ks: list[int], kinds, *, order: list[str] | None, rankin
                 if k > len(order):
                     raise ZestError(f"--top-k {k} needs {k} layers, but --layers gives {len(order)}")
                 chosen = select_layers(model, "layers", names=order[:k])
-            configs.append({"name": f"{label if kind == 'zest' else 'last'}@{k}", "kind": kind, "k": k,
-                            "layers": chosen.layers})
+            name = {"zest": label, "last": "last", "lora-zest": f"lora+{label}"}[kind]
+            configs.append({"name": f"{name}@{k}", "kind": kind, "k": k, "layers": chosen.layers,
+                            "lora": lora_r if kind == "lora-zest" else None})
     if "head" in kinds:
-        configs.append({"name": "head-only", "kind": "head", "k": 0, "layers": []})
+        configs.append({"name": "head-only", "kind": "head", "k": 0, "layers": [], "lora": None})
     return configs
 
 
@@ -121,7 +128,7 @@ def bootstrap_ratio(full: np.ndarray, other: np.ndarray, seed: int = 0) -> tuple
 
 def summarize(job: dict, ready: dict, steps: list[dict]) -> dict:
     record = {"backend": job["backend"], "config": job["name"], "kind": job["kind"], "k": job["k"],
-              "layers": job["layers"]}
+              "layers": job["layers"], "lora": job["lora"]}
     if "error" in ready:
         return {**record, "error": ready["error"]}
     if not steps or "error" in steps[-1]:
@@ -173,13 +180,16 @@ def check_args(backends, kinds, optimizer, device, steps, warmup, batch_size, ks
         raise ZestError("--top-k needs positive integers, e.g. 3,5,10")
     if resolution is not None and not 16 <= resolution <= 1024:
         raise ZestError(f"--resolution must be between 16 and 1024, got {resolution}")
+    if {"lora", "lora-zest"} & set(kinds) and set(backends) - {"torch"}:
+        raise ZestError("LoRA configurations run on the torch backend only (--backends torch)")
 
 
 def profile(model_name: str, *, out, batch_size: int = 32, resolution: int | None = None, top_k=(5,),
             layers=None, ranking=None, data=None, task_args: dict | None = None, backends=("torch",),
             device: str = "cpu", steps: int = 10, warmup: int = 3, optimizer: str = "adamw", lr: float = 1e-3,
-            num_classes: int = 10, weights: str | None = None, threads: int | None = None, configs=CONFIG_KINDS,
-            label: str | None = None, timeout: float = 900, progress: bool = True) -> dict:
+            num_classes: int = 10, weights: str | None = None, threads: int | None = None, configs=DEFAULT_CONFIGS,
+            label: str | None = None, timeout: float = 900, progress: bool = True, max_length: int | None = None,
+            lora_r: int = 8) -> dict:
     """Measure one training step per (backend, configuration), interleaved; write profile.json/.md/.png."""
     from tqdm import tqdm
     from ..io import write_json, write_text
@@ -189,22 +199,24 @@ def profile(model_name: str, *, out, batch_size: int = 32, resolution: int | Non
     backends, kinds = list(dict.fromkeys(backends)), list(dict.fromkeys(configs))
     check_args(backends, kinds, optimizer, device, steps, warmup, batch_size, ks, resolution)
     out = Path(out)
-    model = with_preprocess(build_model(model_name, num_classes=num_classes, weights=weights), resolution=resolution)
+    model = with_preprocess(build_model(model_name, num_classes=num_classes, weights=weights), resolution=resolution,
+                            max_length=max_length)
     order, record, source = layer_order(model, model_name, layers=layers, ranking=ranking, data=data,
                                         task_args=task_args, top_k=max(ks), out=out)
-    if "zest" in kinds and not order and record is None:
+    if {"zest", "lora-zest"} & set(kinds) and not order and record is None:
         raise ZestError("zest@k needs a layer order: give --layers, --ranking or --data (or leave zest out of --configs)")
     plan = plan_configs(model, ks, kinds, order=order, ranking=record,
-                        label=label or ("zest" if record is not None else "sel"))
+                        label=label or ("zest" if record is not None else "sel"), lora_r=lora_r)
     out.mkdir(parents=True, exist_ok=True)
     base = {"model": model_name, "num_classes": num_classes, "weights": weights, "batch_size": batch_size,
-            "resolution": resolution, "device": device, "warmup": warmup, "optimizer": optimizer, "lr": lr,
-            "threads": threads, "seed": 0}
+            "resolution": resolution, "max_length": max_length, "device": device, "warmup": warmup,
+            "optimizer": optimizer, "lr": lr, "threads": threads, "seed": 0}
     jobs = measurements(plan, backends)
     with tempfile.TemporaryDirectory(prefix="zest-profile-") as tmp:
         workers, readies = [], []
         for job in tqdm(jobs, desc="building", unit="config", disable=not progress):
-            cfg = {**base, "backend": job["backend"].split("-")[0], "mode": job["mode"], "layers": job["layers"]}
+            cfg = {**base, "backend": job["backend"].split("-")[0], "mode": job["mode"], "layers": job["layers"],
+                   "lora": job["lora"]}
             failed, artifacts = None, Path(tmp) / f"ort-{job['name']}"       # shared by ort and ort-cached
             if job["backend"] == "ort":
                 failed = export_for_ort(model, job["layers"], artifacts, batch_size, optimizer, lr)
@@ -230,6 +242,7 @@ def profile(model_name: str, *, out, batch_size: int = 32, resolution: int | Non
     machine["threads"] = next((r["threads"] for r in records if r.get("threads")), None)
     result = {"format": FORMAT, "version": VERSION, "model": model_name, "batch_size": batch_size,
               "resolution": resolution or model.zest_spec.preprocess.resolution, "num_classes": num_classes,
+              **({"max_length": model.zest_spec.preprocess.max_length} if model.zest_spec.preprocess.kind == "text" else {}),
               "weights": model.zest_spec.weights, "optimizer": optimizer, "lr": lr, "steps": steps, "warmup": warmup,
               "device": device, "backends": list(dict.fromkeys(j["backend"] for j in jobs)),
               "selection": {**source, "order": [c["layers"] for c in plan if c["kind"] == "zest"]},

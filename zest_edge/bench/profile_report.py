@@ -23,7 +23,8 @@ def profile_table(record: dict) -> str:
     """Markdown: one table per backend, latency and memory per configuration with ratios to full fine-tuning."""
     m = record["machine"]
     lines = [f"# Training-step profile: {record['model']}", "",
-             f"batch {record['batch_size']}, resolution {record['resolution']}, weights {record['weights']}, "
+             f"batch {record['batch_size']}, " + (f"{record['max_length']} tokens" if record.get("max_length") else
+                                                  f"resolution {record['resolution']}") + f", weights {record['weights']}, "
              f"optimizer {record['optimizer']} (lr {record['lr']}), {record['steps']} interleaved timed rounds after "
              f"{record['warmup']} warm-up steps, device {record['device']}", "",
              f"machine: {m['cpu']} ({m['cpu_count']} cores, {m.get('threads') or m['torch_threads']} threads), "

@@ -28,7 +28,7 @@ def build_model(cfg: dict):
     from ..models import build_model as build, with_preprocess
     torch.manual_seed(cfg.get("seed", 0))
     model = build(cfg["model"], num_classes=cfg["num_classes"], weights=cfg.get("weights"))
-    return with_preprocess(model, resolution=cfg.get("resolution"))
+    return with_preprocess(model, resolution=cfg.get("resolution"), max_length=cfg.get("max_length"))
 
 
 def synthetic_batch(model, batch_size: int, num_classes: int, seed: int = 0):
@@ -85,7 +85,11 @@ class TorchStep:
         model = build_model(cfg).to(device)
         x, y = synthetic_batch(model, cfg["batch_size"], cfg["num_classes"], cfg.get("seed", 0))
         self.x, self.y = x.to(device), y.to(device)
-        self.sm = sparsify(model, cfg["layers"])
+        if cfg.get("lora"):                       # LoRA (PEFT) on the layers (None: all) + the head
+            from ..lora import LoraSpec, lora_sparsify
+            self.sm = lora_sparsify(model, cfg["layers"], LoraSpec(r=int(cfg["lora"])))
+        else:
+            self.sm = sparsify(model, cfg["layers"])
         with torch.no_grad():                      # one-time runtime costs (thread pools, kernels) before the baseline
             self.sm.model.eval()
             self.sm(self.x[:1])

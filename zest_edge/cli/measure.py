@@ -16,7 +16,10 @@ from ..errors import ZestError
 @click.option("--data", "data_spec", default=None, help="Rank layers with rank_task on this dataset.")
 @click.option("--data-root", default=None, help="Folder holding torchvision datasets (with --data).")
 @click.option("--limit", type=int, default=None, help="Subset size for ranking (with --data).")
-@click.option("--configs", default="full,zest,last,head", show_default=True, help="Configurations to measure.")
+@click.option("--configs", default="full,zest,last,head", show_default=True,
+              help="Configurations to measure: full, zest, last, head, lora (LoRA on every layer), lora-zest.")
+@click.option("--lora", "lora_r", type=int, default=8, show_default=True, help="LoRA rank of the lora configurations.")
+@click.option("--max-length", type=int, default=None, help="Text models: tokens per example (default: the model's).")
 @click.option("--label", default=None, help="Name of the zest@k rows (default: zest, or sel with --layers).")
 @click.option("--backends", default="torch", show_default=True, help="Comma-separated: torch, ort.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -29,7 +32,8 @@ from ..errors import ZestError
 @click.option("--timeout", type=float, default=900, show_default=True, help="Seconds per worker call (build or step).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for profile.json/.md/.png.")
 def profile(model_name, num_classes, weights, batch_size, resolution, top_k, layers, ranking, data_spec, data_root,
-            limit, configs, label, backends, device, steps, warmup, optimizer, lr, threads, timeout, out):
+            limit, configs, label, backends, device, steps, warmup, optimizer, lr, threads, timeout, out, lora_r,
+            max_length):
     """Measure one training step (latency, peak memory, lower bound) for full, ZEST@k, last-k and head-only."""
     from ..bench.profile import profile as run
     try:
@@ -38,10 +42,11 @@ def profile(model_name, num_classes, weights, batch_size, resolution, top_k, lay
         raise ZestError(f"--top-k takes comma-separated integers, got {top_k!r}") from None
     record = run(model_name, out=out, batch_size=batch_size, resolution=resolution, top_k=ks, layers=layers,
                  ranking=ranking, data=data_spec,
-                 task_args={"data_root": data_root, "limit": limit, "resolution": resolution},
+                 task_args={"data_root": data_root, "limit": limit, "resolution": resolution, "max_length": max_length},
                  backends=[b.strip() for b in backends.split(",") if b.strip()], device=device, steps=steps,
                  warmup=warmup, optimizer=optimizer, lr=lr, num_classes=num_classes, weights=weights, threads=threads,
-                 configs=[c.strip() for c in configs.split(",") if c.strip()], label=label, timeout=timeout)
+                 configs=[c.strip() for c in configs.split(",") if c.strip()], label=label, timeout=timeout,
+                 max_length=max_length, lora_r=lora_r)
     from ..bench.profile_report import profile_table
     click.echo(profile_table(record))
     click.echo(f"wrote {out}/profile.json, profile.md, profile.png")
