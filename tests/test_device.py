@@ -11,6 +11,7 @@ from PIL import Image
 
 from cli_helpers import run_main, one_line_error
 from zest_edge.cli import main
+from zest_edge.cli.options import human_size
 from zest_edge.data import Preprocess, build_dataset
 from zest_edge.device import device_train, evaluate_onnx
 from zest_edge.errors import ZestError
@@ -64,10 +65,23 @@ class Interrupting(torch.utils.data.Dataset):
         return self.base[i]
 
 
-def test_export_cli_prints_selection_share_and_sizes(art):
+def test_export_cli_records_selection_and_data_in_the_manifest(art):
     m = json.loads((art / "manifest.json").read_text())
     assert [layer["name"] for layer in m["selected_layers"]] == LAYERS.split(",")
     assert m["data"] == "fashion_mnist" and m["classes"][0] == "T-shirt/top" and m["optimizer"]["batch_size"] == 16
+
+
+def test_export_cli_prints_selection_share_sizes_and_prefix(monkeypatch, capsys, tmp_path):
+    code, out, err = run_main(monkeypatch, capsys, "export", "--model", "mobilenet_v2", "--data", "fashion_mnist",
+                              "--resolution", str(RES), "--limit", "20", "--layers", "features.16.conv.0.0",
+                              "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert "selected 1 layers + head classifier.1: features.16.conv.0.0" in out
+    assert f"trainable {m['trainable_params']:,} of {m['total_params']:,} parameters " \
+           f"({100 * m['trainable_share']:.2f}%)" in out
+    assert ", ".join(f"{name} {human_size(size)}" for name, size in m["files"].items()) in out
+    assert f"frozen prefix: {m['prefix']['stages']} stages in prefix.onnx" in out
 
 
 def test_device_train_writes_metrics_checkpoint_and_inference_model(art, data, tmp_path):
