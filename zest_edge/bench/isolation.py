@@ -36,7 +36,7 @@ class Worker:
             self.proc.stdin.write((json.dumps(message) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            return self._died()
+            return self.death()
         deadline = time.monotonic() + timeout
         while True:
             line, _, rest = self.buffer.partition(b"\n")
@@ -56,13 +56,14 @@ class Worker:
             if select.select([self.proc.stdout], [], [], left)[0]:
                 chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
                 if not chunk:
-                    return self._died()
+                    return self.death()
                 self.buffer += chunk
 
     def step(self, timeout: float = 900) -> dict:
         return self.call("step", timeout)
 
-    def _died(self) -> dict:
+    def death(self) -> dict:
+        """The error record of a worker that is gone: its exit code or signal and the last line it wrote."""
         code = self.proc.wait()
         self.log.seek(0)
         lines = [ln for ln in self.log.read().splitlines() if ln.strip()]
