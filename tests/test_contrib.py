@@ -33,7 +33,7 @@ def test_sweep_resumes_after_kill_without_redoing_rows(tmp_path):
                  "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     store = out / "rows.jsonl"
-    deadline = time.time() + 240
+    deadline = time.time() + 1800                   # hang guard only: waits for 3 finished rows
     while time.time() < deadline and not (store.exists() and len(layer_rows(store)) >= 3):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
