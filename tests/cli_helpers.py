@@ -26,3 +26,16 @@ def one_line_error(code, err, *fragments):
     for f in fragments:
         assert f in lines[0], (f, lines[0])
     return lines[0]
+
+
+def export_cli(out, *args):
+    """`zest-edge export --model mobilenet_v2 --data fashion_mnist --limit 40 --lr 0.01 ARGS --out OUT` in-process,
+    for module-scoped fixtures (no monkeypatch fixture there); returns `out`."""
+    old = sys.argv
+    sys.argv = ["zest-edge", "export", "--model", "mobilenet_v2", "--data", "fashion_mnist", "--limit", "40",
+                "--lr", "0.01", *args, "--out", str(out)]
+    try:
+        main()
+    finally:
+        sys.argv = old
+    return out

@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_helpers import run_main, one_line_error
-from zest_edge.cli import main
+from cli_helpers import export_cli, one_line_error, run_main
 from zest_edge.cli.options import human_size
 from zest_edge.data import Preprocess, build_dataset
 from zest_edge.device import device_train, evaluate_onnx
@@ -24,16 +23,8 @@ LAYERS = "features.15.conv.2,features.16.conv.0.0,features.16.conv.1.0"
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
     """Artifacts exported through the CLI (3 late layers of mobilenet_v2 at 32 px, AdamW)."""
-    out = tmp_path_factory.mktemp("exp") / "art"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sys, "argv", ["zest-edge", "export", "--model", "mobilenet_v2", "--data", "fashion_mnist",
-                             "--resolution", str(RES), "--limit", "40", "--layers", LAYERS, "--lr", "0.01",
-                             "--batch-size", "16", "--out", str(out)])
-    try:
-        main()
-    finally:
-        mp.undo()
-    return out
+    return export_cli(tmp_path_factory.mktemp("exp") / "art", "--resolution", str(RES), "--layers", LAYERS,
+                      "--batch-size", "16")
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,10 @@
 """The frozen prefix on a device: its outputs computed once and reused (in memory or memory-mapped) train exactly
 as recomputing them every epoch; a file cache that does not match its prefix, data or checksums is rebuilt, never
 read; augmentation turns the cache off."""
-import sys
-
 import numpy as np
 import pytest
 
-from zest_edge.cli import main
+from cli_helpers import export_cli
 from zest_edge.data import Preprocess, build_dataset
 from zest_edge.device import device_train
 from zest_edge.prefix_cache import BoundaryStore
@@ -17,16 +15,8 @@ RES = 32
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
     """Split artifacts: mobilenet_v2 at 32 px, two late layers, so prefix.onnx holds features 0-15."""
-    out = tmp_path_factory.mktemp("exp") / "art"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sys, "argv", ["zest-edge", "export", "--model", "mobilenet_v2", "--data", "fashion_mnist",
-                             "--resolution", str(RES), "--limit", "40", "--layers",
-                             "features.16.conv.0.0,features.16.conv.1.0", "--lr", "0.01", "--out", str(out)])
-    try:
-        main()
-    finally:
-        mp.undo()
-    return out
+    return export_cli(tmp_path_factory.mktemp("exp") / "art", "--resolution", str(RES), "--layers",
+                      "features.16.conv.0.0,features.16.conv.1.0")
 
 
 @pytest.fixture(scope="module")
