@@ -45,11 +45,12 @@ def rank_record(record: dict, scores: np.ndarray, top_k: int, ranked_by: str, he
             "total_params": total, "trainable_share": trainable / total, "layers": ranked}
 
 
-def rank_task(task: Task, *, top_k: int, predictor=None, metric: str | None = None, batch_size: int = 32,
+def rank_task(task: Task, *, top_k: int, predictor=None, metric: str | None = None, batch_size: int | None = None,
               batch_seed: int | None = None) -> dict:
     """Rank the task's layers with the predictor (default: the shipped one) or a single metric."""
     model = task.model
     head = dict(model.named_modules())[model.zest_spec.head]
+    batch_size = batch_size or model.zest_spec.metric_batch          # None: the model's own (32 for most)
     if metric:
         names, scorer, ranked_by = [metric.lstrip("-")], None, f"metric:{metric}"
     else:

@@ -36,7 +36,7 @@ def ranked_names(record: dict) -> list[str]:
 
 
 def select_layers(task, method: str, *, k: int | None = None, names=None, ranking=None, predictor=None,
-                  metric: str | None = None, seed: int = 0, batch_size: int = 32, flag: str = "--top-k") -> Selection:
+                  metric: str | None = None, seed: int = 0, batch_size: int | None = None, flag: str = "--top-k") -> Selection:
     """Resolve one selection request (see the module docstring) against the task's (or model's) layer map;
     `flag` names k in error messages."""
     from .models import get_spec

@@ -31,8 +31,9 @@ from ..errors import ZestError
 
 FORMAT = "zest-edge/results"
 VERSION = 1
-METHODS = ("full", "zest", "random", "best-metric", "last", "head-only", "contribution")
-K_METHODS = ("zest", "random", "best-metric", "last", "contribution")
+METHODS = ("full", "zest", "random", "best-metric", "last", "head-only", "contribution", "lora", "lora-zest")
+K_METHODS = ("zest", "random", "best-metric", "last", "contribution", "lora-zest")
+LORA_METHODS = ("lora", "lora-zest")          # LoRA (rank `lora_r`) on every layer / on zest@k's layers
 SETTINGS = {
     # what to train on
     "name": None, "model": None, "weights": None, "data": None, "data_root": None, "limit": None, "val_limit": None,
@@ -42,7 +43,7 @@ SETTINGS = {
     "bn": "frozen", "cache": True, "cache_limit_mb": 4096, "backend": "auto", "threads": None,
     # what to compare
     "seeds": [0], "k": [3, 5, 10], "methods": list(METHODS), "metric": None, "predictor": None,
-    "contribution": None, "rank_batch_size": 32,
+    "contribution": None, "rank_batch_size": 32, "lora_r": 8,
     # free text
     "heldout_note": None, "notes": None, "sizing": None,
 }
@@ -180,14 +181,18 @@ def select(method: str, k: int | None, seed: int, tasks: Tasks, cfg: dict, memo:
                             f"of {cfg['model']}")
         chosen = select_layers(task, "layers", names=order[:k], flag=flag)
         return chosen.layers, {"method": method, "k": k, "sweep": cfg["contribution"]}
-    if method in ("zest", "best-metric"):
+    if method == "lora":
+        return None, {"method": "lora", "lora_r": int(cfg["lora_r"])}
+    if method in ("zest", "best-metric", "lora-zest"):
         from ..ranking import rank_task
+        info = {"lora_r": int(cfg["lora_r"])} if method == "lora-zest" else {}
+        method = "zest" if method == "lora-zest" else method        # the same ranking and layers as zest@k
         metric = cfg["metric"] if method == "best-metric" else None
         if (method, seed) not in memo:
             memo[method, seed] = rank_task(task, top_k=max(cfg["k"]), predictor=None if metric else cfg["predictor"],
                                            metric=metric, batch_size=int(cfg["rank_batch_size"]))
         chosen = select_layers(task, "ranking", ranking=memo[method, seed], k=k, flag=flag)
-        return chosen.layers, {"method": method, "k": k, "ranked_by": memo[method, seed].get("ranked_by")}
+        return chosen.layers, {"method": method, "k": k, "ranked_by": memo[method, seed].get("ranked_by"), **info}
     chosen = select_layers(task, method, k=k, seed=seed, flag=flag)       # full, head-only, random, last
     return chosen.layers, {**chosen.info, **({"seed": seed} if method == "random" else {})}
 
@@ -221,6 +226,7 @@ def benchmark(config_path, out, *, resume: bool = False, progress: bool = True) 
     from tqdm import tqdm
     from ..training import config_hash, finetune
     from ..io import read_json, write_json
+    from ..lora import LoraSpec
     cfg = load_benchmark_config(config_path)
     out = Path(out)
     plan_path = out / "plan.json"
@@ -254,8 +260,9 @@ def benchmark(config_path, out, *, resume: bool = False, progress: bool = True) 
             import shutil
             shutil.rmtree(path)                         # killed before finetune wrote anything
         task = tasks.get(run["seed"])
+        lora = LoraSpec(r=int(cfg["lora_r"])) if run["method"] in LORA_METHODS else None
         finetune(task, run["layers"], dataclasses.replace(sched), path, resume=partial,
-                 selection={**run["selection"], "benchmark": run["label"]}, progress=False)
+                 selection={**run["selection"], "benchmark": run["label"]}, progress=False, lora=lora)
         write_json(out / "results.json", summarize(cfg, plan, out, complete=False))
     bar.close()
     record = summarize(cfg, plan, out, complete=True)

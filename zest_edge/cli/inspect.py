@@ -38,7 +38,7 @@ def layers(model_name, num_classes, weights):
 
 @click.command()
 @task_options
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Size of the one minibatch.")
+@click.option("--batch-size", type=int, default=None, help="Size of the one minibatch [the model's: 32, smollm2_135m 8].")
 @click.option("--metrics", "metric_names", default=None, help="Comma-separated subset of metrics (default: all).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write metrics.json here.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write a CSV table.")
@@ -49,6 +49,7 @@ def metrics(batch_size, metric_names, out, csv_path, **task_args):
     from ..io import write_json
     task = load(**task_args)
     start = time.perf_counter()
+    batch_size = batch_size or task.model.zest_spec.metric_batch
     record = metrics_record(task, batch_size=batch_size, metrics=metric_names.split(",") if metric_names else None)
     click.echo(metrics_table(record))
     click.echo(f"{len(record['layers'])} layers, {len(record['metric_names'])} metrics in "
@@ -66,7 +67,7 @@ def metrics(batch_size, metric_names, out, csv_path, **task_args):
 @click.option("--predictor", type=click.Path(dir_okay=False), default=None, help="Predictor JSON (default: shipped).")
 @click.option("--metric", default=None, help="Rank by one metric instead (prefix '-' for low-first).")
 @click.option("--top-k", type=int, default=5, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Examples in the metrics minibatch [the model's: 32, smollm2_135m 8].")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="ranking.json to write.")
 @click.option("--emit-peft", type=click.Path(dir_okay=False), default=None, help="Also write a PEFT LoraConfig JSON.")
 def rank(predictor, metric, top_k, batch_size, out, emit_peft, **task_args):

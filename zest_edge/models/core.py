@@ -25,6 +25,7 @@ class ModelSpec:
     # which lets the sparse engine run a frozen prefix without autograd and cache its output.
     stages: Callable[[nn.Module], list[tuple[tuple[str, ...], Callable]]] | None = None
     role: Callable[[str], str | None] | None = None    # a layer's role in its block (e.g. q, k, v, o), by name
+    metric_batch: int = 32                     # examples in the one metrics minibatch unless one asks otherwise
 
 
 def attach_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:

