@@ -21,7 +21,7 @@ Stage inputs are pushed one stage further as the sweep moves past a stage, so th
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from .errors import ZestError
 from .training import Schedule, config_hash, make_optimizer
-from .io import append_jsonl, read_jsonl
+from .io import append_jsonl, read_jsonl, repair_jsonl
+from .schema import parse
 from .layers import layer_map
 from .sparse import sparsify
 from .task import Task, load_task
@@ -51,7 +52,7 @@ class SweepConfig:
     seed: int = 0                       # data subset and split
     train_seed: int | None = None       # head init and data order (default: seed); another value = a retest
     optimizer: str = "adamw"
-    lr_grid: list = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    lr_grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
     probe_layers: int = 3
     epochs: int = 4
     score_epochs: int = 2
@@ -65,23 +66,10 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, cfg: dict, where: str) -> "SweepConfig":
         """Build from a YAML mapping; unknown keys and wrong types are one-line errors naming `where`."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(cfg) - set(known))
-        if unknown:
-            raise ZestError(f"{where}: unknown setting {unknown[0]!r}; allowed: {', '.join(known)}")
-        for key, value in cfg.items():
-            want = {"model": str, "data": str, "optimizer": str, "lr_grid": list}.get(key)
-            if key in ("limit", "val_limit", "seed", "probe_layers", "epochs", "score_epochs", "batch_size",
-                       "metric_batches", "metric_batch_size", "resolution", "max_length", "train_seed"):
-                want = int
-            if key == "weight_decay":
-                want = (int, float)
-            if want and value is not None and (not isinstance(value, want) or isinstance(value, bool)):
-                raise ZestError(f"{where}: {key} must be {getattr(want, '__name__', 'a number')}, got {value!r}")
+        sweep = parse(cls, cfg, where, unknown="refuse")
         for key in ("model", "data"):
-            if not cfg.get(key):
+            if not getattr(sweep, key):
                 raise ZestError(f"{where}: {key} is required")
-        sweep = cls(**cfg)
         sweep.check(where)
         return sweep
 
@@ -92,7 +80,10 @@ class SweepConfig:
             raise ZestError(f"{where}: score_epochs must be between 1 and epochs ({self.epochs}), got {self.score_epochs}")
         if self.probe_layers < 0:
             raise ZestError(f"{where}: probe_layers must be 0 or more, got {self.probe_layers}")
-        self.schedule(self.lr_grid[0]).check()
+        try:
+            self.schedule(self.lr_grid[0]).check()
+        except ZestError as e:
+            raise ZestError(f"{where}: {e}") from None
 
     def schedule(self, lr: float) -> Schedule:
         return Schedule(epochs=self.epochs, lr=lr, optimizer=self.optimizer, batch_size=self.batch_size,
@@ -209,8 +200,10 @@ def train_one(task: Task, base_state: dict, layers: list[str], schedule: Schedul
     score = sum(curve[-score_epochs:]) / score_epochs
     if not math.isfinite(loss_curve[-1]):
         raise ZestError(f"training {layers or 'the head'} diverged (validation loss {loss_curve[-1]}); lower the lr")
+    final_loss = sum(losses[-5:]) / len(losses[-5:])
+    finite = lambda v: v if math.isfinite(v) else None        # rows are strict JSON: an early inf loss is null
     return {"acc": score, "se": math.sqrt(score * (1 - score) / len(y_val)), "best": max(curve), "curve": curve,
-            "val_loss_curve": loss_curve, "final_loss": sum(losses[-5:]) / len(losses[-5:])}
+            "val_loss_curve": [finite(v) for v in loss_curve], "final_loss": finite(final_loss)}
 
 
 def take(x, idx):
@@ -249,6 +242,7 @@ def run_sweep(sweep: SweepConfig, out, *, shard: tuple[int, int] = (0, 1), backe
     if rows and rows[0].get("config_hash") != chash:
         raise ZestError(f"{path} holds a sweep with a different configuration; use another --out")
     out.mkdir(parents=True, exist_ok=True)
+    repair_jsonl(path)
     if not rows:
         append_jsonl(path, {"type": "header", "config": config, "config_hash": chash})
     emit = lambda row: append_jsonl(path, {**row, "config_hash": chash})

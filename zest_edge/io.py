@@ -1,12 +1,15 @@
 """Atomic file output and durable append-only logs."""
 import contextlib
+import glob
 import json
+import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
-from .errors import ZestError
+from .errors import ZestError, first_line
 
 FORMAT_PREFIX = "zest-edge/"
 
@@ -17,26 +20,77 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write to a temporary sibling, fsync, then rename into place."""
+def _remove(path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(path, tmp=None, *, native: bool = False):
+    """The one wrapper around every write: `tmp` (a temporary file or folder) is removed on any failure, and an OS
+    error (disk full, read-only, no permission) becomes one ZestError naming `path` and the cause. `native`: the
+    writer is a native library that reports a failed write as another exception type; any error counts."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        yield
+    except BaseException as e:
+        if tmp is not None:
+            _remove(tmp)
+        if isinstance(e, ZestError) or not isinstance(e, OSError if not native else Exception):
+            raise
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        raise ZestError(f"cannot write {path}: {cause}") from None
+
+
+def write_all(f, data: bytes) -> None:
+    """Write `data` to the open file `f`, flush and fsync it (the one low-level write every atomic file goes through)."""
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write to a temporary sibling, fsync, then rename into place; a failure leaves neither half a file nor the
+    temporary one (OS errors: one ZestError naming `path`)."""
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        with writing(path, tmp):
+            with open(tmp, "wb") as f:
+                write_all(f, data)
+            os.chmod(tmp, 0o666 & ~_umask())          # mkstemp creates 0600; give the file normal permissions
+            os.replace(tmp, path)
+
+
+def _nonfinite(obj, where: str = ""):
+    """The JSON path of the first NaN/inf float in `obj`, or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "the value"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _nonfinite(value, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
+
+
+def to_json(obj, path, indent: int | None = 2) -> str:
+    """Strict JSON (NaN and inf are not JSON): a non-finite number is a ZestError naming the field."""
+    try:
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        where = _nonfinite(obj)
+        if where is None:
+            raise
+        raise ZestError(f"refusing to write {path}: {where.lstrip('.')} is not a finite number") from None
 
 
 def write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+    atomic_write_bytes(path, (to_json(obj, path) + "\n").encode())
 
 
 def write_text(path, text: str) -> None:
@@ -58,22 +112,36 @@ def read_json(path, kind: str | None = None) -> dict:
     return obj
 
 
+def cut_torn_line(f, path) -> None:
+    """Cut a torn last line (a kill mid-write) off the JSONL file open as `f` ("a+b"), with a one-line warning on
+    stderr naming the file."""
+    end = f.seek(0, os.SEEK_END)
+    if end:
+        f.seek(max(end - (1 << 16), 0))
+        tail = f.read()
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n")
+            if cut < 0 and end > len(tail):
+                raise ZestError(f"{path}: its last line is longer than 64 KiB and unfinished")
+            f.truncate(end - len(tail) + cut + 1)
+            print(f"warning: {path}: cut off a torn last line ({len(tail) - cut - 1} bytes left by an interrupted "
+                  "write)", file=sys.stderr, flush=True)
+
+
+def repair_jsonl(path) -> None:
+    """Cut a torn last line off an existing JSONL file now (as the next append would), so the warning comes first."""
+    if Path(path).exists():
+        with writing(path), open(path, "a+b") as f:
+            cut_torn_line(f, path)
+
+
 def append_jsonl(path, row: dict) -> None:
-    """Append one JSON row and fsync, so a kill never loses a finished row. A torn last line (a kill mid-write) is
-    cut off first, so the new row starts on a line of its own."""
-    with open(path, "a+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        if end:
-            f.seek(max(end - (1 << 16), 0))
-            tail = f.read()
-            if not tail.endswith(b"\n"):
-                cut = tail.rfind(b"\n")
-                if cut < 0 and end > len(tail):
-                    raise ZestError(f"{path}: its last line is longer than 64 KiB and unfinished")
-                f.truncate(end - len(tail) + cut + 1)
-        f.write((json.dumps(row) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one strict-JSON row and fsync, so a kill never loses a finished row. A torn last line is cut off first
+    (cut_torn_line), so the new row starts on a line of its own."""
+    line = (to_json(row, path, indent=None) + "\n").encode()
+    with writing(path), open(path, "a+b") as f:
+        cut_torn_line(f, path)
+        write_all(f, line)
 
 
 def read_jsonl(path) -> list[dict]:
@@ -122,23 +190,49 @@ def refuse_nonempty(out, force: bool = False, hint: str = "use --force to replac
 
 
 @contextlib.contextmanager
-def atomic_dir(out, force: bool = False):
-    """Yield a temporary sibling folder; on success it replaces `out`, on failure it is removed."""
+def atomic_dir(out, force: bool = False, keep=None):
+    """Yield a temporary sibling folder; on success it replaces `out`, on failure it is removed. Until the swap
+    `out` is untouched, so a failure or a kill mid-way leaves it as it was (what a kill left beside it is cleaned up
+    by the next atomic_dir for `out`). `keep(entry)`: entries of the old `out` to move into the new one."""
     out = Path(out)
-    refuse_nonempty(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())
+    old = out.with_name(f".{out.name}.old")
+    with writing(out):
+        if old.exists() and not out.exists():       # a kill between the two renames of a swap: put it back
+            os.replace(old, out)
+        refuse_nonempty(out, force)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+            _remove(stale)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+    with writing(out, tmp):
+        if out.exists():
+            for entry in out.iterdir() if keep is not None else ():
+                if keep(entry) and not (tmp / entry.name).exists():
+                    os.replace(entry, tmp / entry.name)
+            _remove(old)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            _remove(old)
+        else:
+            os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def output_dir(out, *, replace: bool, keep=None):
+    """The folder a run writes into: with `replace` (a --force over a non-empty `out`) a temporary sibling that
+    replaces `out` only once the run has succeeded (atomic_dir); otherwise `out` itself, created on entry (a killed
+    run there stays resumable)."""
+    out = Path(out)
+    if replace and out.exists() and any(out.iterdir()):
+        with atomic_dir(out, force=True, keep=keep) as tmp:
+            yield tmp
     else:
-        os.replace(tmp, out)
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+        yield out

@@ -1,6 +1,7 @@
 """metrics.json: the layer map plus zero-shot metrics from one (or several) minibatches of a task."""
 import csv
 import io
+import math
 import time
 
 from .io import write_text
@@ -19,9 +20,31 @@ def metrics_record(task: Task, *, batch_size: int, metrics: list[str] | None = N
     start = time.perf_counter()
     values = compute_metrics(task.model, x, y, metrics=names)
     seconds = time.perf_counter() - start
-    layers = [{**layer.to_dict(), "metrics": values[layer.name]} for layer in layer_map(task.model, x[:1])]
+    layers = [finite_metrics({**layer.to_dict(), "metrics": values[layer.name]})
+               for layer in layer_map(task.model, x[:1])]
     return {"format": "zest-edge/metrics", "version": 1, **task.describe(), "batch_size": batch_size,
             "batch_seed": seed, "metric_names": names, "seconds": round(seconds, 3), "layers": layers}
+
+
+def finite_metrics(layer: dict) -> dict:
+    """A layer record with each NaN/inf metric as null (JSON has no NaN) and listed under `nonfinite`."""
+    bad = [m for m, v in layer["metrics"].items() if not math.isfinite(v)]
+    if bad:
+        layer["metrics"] = {m: None if m in bad else v for m, v in layer["metrics"].items()}
+        layer["nonfinite"] = bad
+    return layer
+
+
+def nonfinite_note(record: dict) -> str | None:
+    """One line saying which metrics were not finite for how many layers (written as null), or None."""
+    counts = {}
+    for layer in record["layers"]:
+        for m in layer.get("nonfinite", []):
+            counts[m] = counts.get(m, 0) + 1
+    if not counts:
+        return None
+    return ("note: not finite, written as null (ranked lowest): " +
+            ", ".join(f"{m} for {n} of {len(record['layers'])} layers" for m, n in counts.items()))
 
 
 def write_csv(path, record: dict) -> None:
@@ -30,5 +53,6 @@ def write_csv(path, record: dict) -> None:
     writer.writerow(["index", "name", "type", "params", "depth", *record["metric_names"]])
     for layer in record["layers"]:
         writer.writerow([layer["index"], layer["name"], layer["type"], layer["params"], f"{layer['depth']:.4f}",
-                         *(repr(layer["metrics"][m]) for m in record["metric_names"])])
+                         *("" if layer["metrics"][m] is None else repr(layer["metrics"][m])
+                           for m in record["metric_names"])])
     write_text(path, buf.getvalue())

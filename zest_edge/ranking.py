@@ -34,8 +34,9 @@ def rank_record(record: dict, scores: np.ndarray, top_k: int, ranked_by: str, he
     layers = record["layers"]
     check_top_k(top_k, len(layers), record["model"])
     order = np.argsort(-scores, kind="stable")
-    ranked = [{"name": layers[i]["name"], "rank": r + 1, "score": float(scores[i]), "params": layers[i]["params"],
-               "index": layers[i]["index"], "type": layers[i]["type"]} for r, i in enumerate(order)]
+    ranked = [{"name": layers[i]["name"], "rank": r + 1, **score_fields(scores[i], layers[i]),
+               "params": layers[i]["params"], "index": layers[i]["index"], "type": layers[i]["type"]}
+              for r, i in enumerate(order)]
     selected = [l["name"] for l in ranked[:top_k]]
     trainable = sum(l["params"] for l in ranked[:top_k]) + head_params
     total = record["total_params"]
@@ -43,6 +44,13 @@ def rank_record(record: dict, scores: np.ndarray, top_k: int, ranked_by: str, he
             "resolution": record.get("resolution"), "max_length": record.get("max_length"), "batch_size": record["batch_size"], "batch_seed": record["batch_seed"],
             "ranked_by": ranked_by, "top_k": top_k, "selected": selected, "trainable_params": trainable,
             "total_params": total, "trainable_share": trainable / total, "layers": ranked}
+
+
+def score_fields(score: float, layer: dict) -> dict:
+    """{"score": ...}; a non-finite score (from a non-finite metric) is null, with the metrics that caused it."""
+    if np.isfinite(score):
+        return {"score": float(score)}
+    return {"score": None, "nonfinite": layer.get("nonfinite", ["score"])}
 
 
 def rank_task(task: Task, *, top_k: int, predictor=None, metric: str | None = None, batch_size: int | None = None,
@@ -66,3 +74,29 @@ def peft_config(record: dict, head: str, r: int = 8) -> dict:
     """`peft.LoraConfig(**result)` adapts just the selected modules (full names) and trains the head (LoRA + ZEST)."""
     from .lora import config_dict
     return config_dict(record["selected"], head, r=r, alpha=2 * r)
+
+
+def plot_ranking(record: dict, path) -> None:
+    """ranking.png: every layer's score over depth (execution order), the selected ones marked and labelled with
+    their parameter counts, so the choice and its reason are visible at a glance."""
+    from . import plots
+    layers = sorted(record["layers"], key=lambda l: l["index"])
+    chosen = set(record["selected"])
+    fig, (ax,) = plots.figure(1, 1, width=max(6.4, 0.09 * len(layers) + 3), height=3.8)
+    xs = [l["index"] for l in layers]
+    ys = [l["score"] if l["score"] is not None else float("nan") for l in layers]
+    ax.plot(xs, ys, "-", color=plots.color(7), linewidth=1, zorder=1)
+    ax.scatter(xs, ys, s=12, color=plots.color(0), zorder=2, label="layer score")
+    picked = [l for l in layers if l["name"] in chosen]
+    ax.scatter([l["index"] for l in picked], [l["score"] for l in picked], s=60, facecolors="none",
+               edgecolors=plots.color(3), linewidths=1.5, zorder=3, label=f"selected (top {len(picked)})")
+    for l in picked:
+        ax.annotate(f"{l['name']}\n{l['params']:,} params", (l["index"], l["score"]), fontsize=6,
+                    xytext=(3, 6), textcoords="offset points")
+    ax.set_xlabel("layer (execution order)")
+    ax.set_ylabel(f"score ({record['ranked_by']})")
+    ax.set_title(f"{record['model']} on {record['data']}: trainable {100 * record['trainable_share']:.1f}% "
+                 f"of {record['total_params']:,} parameters")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    plots.save(fig, path)

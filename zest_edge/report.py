@@ -10,6 +10,11 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
 
 
+def number(value, digits: int = 4) -> str:
+    """A metric or score for a table: `digits` significant digits, "n/a" for a null (non-finite) one."""
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
 def layer_table(layers, role=None) -> str:
     """One row per layer; with `role` (name -> role, from the model's spec) a role column too."""
     rows = [[l.index, l.name, l.type, "x".join(map(str, l.shape)), f"{l.params:,}", f"{l.depth:.2f}"] for l in layers]
@@ -21,7 +26,7 @@ def layer_table(layers, role=None) -> str:
 
 def metrics_table(record: dict) -> str:
     shown = [m for m in TABLE_METRICS if m in record["metric_names"]] or record["metric_names"][:7]
-    rows = [[l["index"], l["name"], l["type"], f"{l['params']:,}", *(f"{l['metrics'][m]:.3g}" for m in shown)]
+    rows = [[l["index"], l["name"], l["type"], f"{l['params']:,}", *(number(l["metrics"][m], 3) for m in shown)]
             for l in record["layers"]]
     note = "" if len(shown) == len(record["metric_names"]) else f"\n({len(record['metric_names'])} metrics in the JSON/CSV; {len(shown)} shown)"
     return table(["#", "layer", "type", "params", *shown], rows) + note

@@ -14,6 +14,7 @@ were chosen (it goes into run configs and manifests); `ranking` is the ranking r
 """
 import random
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import nn
 
@@ -81,16 +82,29 @@ def select_layers(task, method: str, *, k: int | None = None, names=None, rankin
     return Selection([l.name for l in resolve_layers(lmap, chosen, head=get_spec(model).head)], info, record)
 
 
+@dataclass
+class RankedLayer:
+    name: str
+    rank: int
+    score: float | None = None
+
+
+@dataclass
+class RankingFile:
+    """ranking.json as `zest-edge rank` writes it (the fields a selection reads)."""
+    KIND: ClassVar[str] = "ranking"
+    model: str
+    layers: list[RankedLayer]
+    selected: list[str] = field(default_factory=list)
+    ranked_by: str | None = None
+
+
 def load_ranking(path, model_name: str) -> dict:
-    """A ranking.json for `model_name`, its layer list checked."""
-    from .io import read_json
-    record = read_json(path, "ranking")
-    if record.get("model") != model_name:
-        raise ZestError(f"{path} ranks layers of {record.get('model')}, not {model_name}")
-    layers = record.get("layers")
-    if not isinstance(layers, list) or not all(isinstance(l, dict) and isinstance(l.get("name"), str)
-                                               and isinstance(l.get("rank"), int) for l in layers):
-        raise ZestError(f"{path}: `layers` must be a list of {{name, rank, ...}} records")
-    if not isinstance(record.get("selected", []), list):
-        raise ZestError(f"{path}: `selected` must be a list of layer names")
+    """A ranking.json for `model_name`, its fields checked (schema.RankingFile)."""
+    from .schema import read_record
+    record, ranking = read_record(path, RankingFile)
+    if ranking.model != model_name:
+        raise ZestError(f"{path} ranks layers of {ranking.model}, not {model_name}")
+    if not ranking.layers:
+        raise ZestError(f"{path}: `layers` is empty")
     return record

@@ -30,7 +30,12 @@ def contributions(c) -> np.ndarray:
 
 def metric_taus(c, metric_names) -> dict:
     y = contributions(c)
-    return {m: tau(np.nan_to_num([l["metrics"][m] for l in c["layers"]], nan=-1e300), y) for m in metric_names}
+    return {m: tau(np.nan_to_num(metric_values(c, m), nan=-1e300), y) for m in metric_names}
+
+
+def metric_values(c, metric: str) -> np.ndarray:
+    """One metric over a combination's layers; null (non-finite) values are NaN."""
+    return np.array([l["metrics"][metric] for l in c["layers"]], dtype=np.float64)
 
 
 def top_overlap(scores, y, k=5) -> float:
@@ -57,7 +62,7 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("combination"
                 scores = predictor.score(c["layers"])
                 taus = per_combo_taus[id(c)]
                 oracle = max(((m, s) for m in metric_names for s in (1, -1)), key=lambda ms: ms[1] * taus[ms[0]])
-                best_vals = best_s * np.nan_to_num([l["metrics"][best_m] for l in c["layers"]], nan=-1e300)
+                best_vals = best_s * np.nan_to_num(metric_values(c, best_m), nan=-1e300)
                 rows.append({"held_out": group, "combination": SCHEMES["combination"](c), "layers": len(y),
                              "predictor_tau": tau(scores, y), "predictor_top5": top_overlap(scores, y),
                              "best_train_metric": f"{'-' if best_s < 0 else ''}{best_m}",

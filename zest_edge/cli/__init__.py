@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..errors import ZestError
+from ..errors import ZestError, first_line
 from . import deploy, inspect, measure, train
 
 
@@ -29,6 +29,10 @@ def main():
         cli.main(standalone_mode=False)
     except ZestError as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:                # an OS error no writer or reader turned into a ZestError: still one line
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or first_line(e)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

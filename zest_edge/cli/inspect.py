@@ -1,5 +1,6 @@
 """Looking before training: doctor, models, layers, metrics, rank."""
 import time
+from pathlib import Path
 
 import click
 
@@ -44,7 +45,7 @@ def layers(model_name, num_classes, weights):
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write a CSV table.")
 def metrics(batch_size, metric_names, out, csv_path, **task_args):
     """Compute zero-shot metrics for every layer from one minibatch."""
-    from ..metrics_file import metrics_record, write_csv
+    from ..metrics_file import metrics_record, nonfinite_note, write_csv
     from ..report import metrics_table
     from ..io import write_json
     task = load(**task_args)
@@ -52,6 +53,8 @@ def metrics(batch_size, metric_names, out, csv_path, **task_args):
     batch_size = batch_size or task.model.zest_spec.metric_batch
     record = metrics_record(task, batch_size=batch_size, metrics=metric_names.split(",") if metric_names else None)
     click.echo(metrics_table(record))
+    if nonfinite_note(record):
+        click.echo(nonfinite_note(record))
     click.echo(f"{len(record['layers'])} layers, {len(record['metric_names'])} metrics in "
                f"{time.perf_counter() - start:.1f} s (batch {batch_size})")
     if out:
@@ -73,17 +76,23 @@ def metrics(batch_size, metric_names, out, csv_path, **task_args):
 def rank(predictor, metric, top_k, batch_size, out, emit_peft, **task_args):
     """Rank layers from one minibatch and select the top k (ranking.json)."""
     from ..io import write_json
-    from ..ranking import peft_config, rank_task
-    from ..report import table
+    from ..ranking import peft_config, plot_ranking, rank_task
+    from ..report import number, table
     task = load(**task_args)
     record = rank_task(task, top_k=top_k, predictor=predictor, metric=metric, batch_size=batch_size)
     click.echo(table(["rank", "layer", "type", "params", "score"],
-                     [[l["rank"], l["name"], l["type"], f"{l['params']:,}", f"{l['score']:.4g}"] for l in record["layers"][:max(top_k, 10)]]))
+                     [[l["rank"], l["name"], l["type"], f"{l['params']:,}", number(l["score"])] for l in record["layers"][:max(top_k, 10)]]))
+    nonfinite = [l["name"] for l in record["layers"] if l["score"] is None]
+    if nonfinite:
+        click.echo(f"note: {len(nonfinite)} layers have no finite score (a non-finite metric; written as null, "
+                   f"ranked last), e.g. {nonfinite[0]}")
     click.echo(f"selected top {top_k} by {record['ranked_by']}: {', '.join(record['selected'])}")
     click.echo(f"trainable {record['trainable_params']:,} of {record['total_params']:,} parameters "
                f"({100 * record['trainable_share']:.2f}%, head included)")
     write_json(out, record)
-    click.echo(f"wrote {out}")
+    picture = Path(out).with_name(Path(out).stem + ".png")
+    plot_ranking(record, picture)
+    click.echo(f"wrote {out} and {picture} (scores over depth, the selected layers marked)")
     if emit_peft:
         write_json(emit_peft, peft_config(record, task.model.zest_spec.head))
         click.echo(f"wrote {emit_peft}")

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import ZestError, first_line
 from .core import Request, register
-from .images import PILImages
+from .images import PILImages, open_image
 
 
 @register("imagefolder", "image", arg="PATH")
@@ -18,12 +18,12 @@ def imagefolder(req: Request):
     if not path.is_dir():
         raise ZestError(f"dataset path {path} does not exist (or is not a folder)")
     try:
-        base = ImageFolder(str(path))
+        base = ImageFolder(str(path), loader=open_image)
     except FileNotFoundError as e:                 # no class folders, or a class folder without images
         raise ZestError(f"no images in {path}: expected PATH/<class>/<image> ({first_line(e)})") from None
     labels = np.asarray(base.targets, dtype=np.int64)
     idx = req.pick(labels, pooled=True)
-    return PILImages(req, base.classes, base, idx, labels[idx])
+    return PILImages(req, base.classes, base, idx, labels[idx], files=[base.samples[i][0] for i in idx])
 
 
 def torchvision_dataset(name: str, cls: str, train: dict, val: dict):

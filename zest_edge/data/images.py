@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ZestError
+from ..errors import ZestError, first_line
 from ..io import package_dir
 from .core import LabeledDataset, Request, register
 
@@ -58,15 +58,58 @@ class ArrayImages(ImageDataset):
 
 
 class PILImages(ImageDataset):
-    """Images read lazily from a torchvision-style dataset whose items are (PIL image, target)."""
+    """Images read lazily from a torchvision-style dataset whose items are (PIL image, target). With `files` (the
+    image file of each kept item) every file is checked up front, so an unreadable one is refused before anything
+    is written; a read that still fails later names its file."""
 
-    def __init__(self, req: Request, classes, base, index: np.ndarray, labels: np.ndarray):
+    def __init__(self, req: Request, classes, base, index: np.ndarray, labels: np.ndarray, files: list | None = None):
         super().__init__(req, classes, labels)
-        self.base, self.index = base, index
+        self.base, self.index, self.files = base, index, files
+        if files is not None:
+            check_images(files, f"{req.spec} ({req.split} split)")
 
     def pixels_at(self, i):
-        image, _ = self.base[int(self.index[i])]
-        return np.array(image.convert("RGB"))
+        try:
+            image, _ = self.base[int(self.index[i])]
+        except OSError as e:
+            where = self.files[i] if self.files is not None else f"item {int(self.index[i])} of {self.spec}"
+            raise ZestError(f"cannot read image {where} ({first_line(e)})") from None
+        return pil_pixels(image)
+
+
+def pil_pixels(image) -> np.ndarray:
+    """uint8 pixels of a PIL image: [H, W, 3], or [H, W] for 16/32-bit greyscale, scaled from 0..65535 (a plain
+    convert("RGB") clips those to white)."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        return (np.asarray(image, dtype=np.float64).clip(0, 65535) / 257).round().astype(np.uint8)
+    return np.array(image.convert("RGB"))
+
+
+def open_image(path):
+    """A PIL image as stored (no mode conversion: pil_pixels does that), its pixel data read and the file closed."""
+    from PIL import Image
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        image.load()
+    return image
+
+
+def check_images(files: list, where: str) -> None:
+    """Refuse, in one line naming the first bad file and counting them, image files PIL cannot open."""
+    from PIL import Image, UnidentifiedImageError
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError) as e:          # PIL reports corrupt data as any of these
+            reason = ("an empty file" if Path(path).stat().st_size == 0 else "not an image format PIL reads"
+                      if isinstance(e, UnidentifiedImageError) else first_line(e))
+            bad.append((path, reason))
+    if bad:
+        path, reason = bad[0]
+        raise ZestError(f"{where}: {len(bad)} of its {len(files)} images cannot be read, e.g. {path} ({reason})"
+                        if len(bad) > 1 else f"{where}: image {path} cannot be read ({reason})")
 
 
 def read_idx(path: Path) -> np.ndarray:

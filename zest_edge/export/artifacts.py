@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import ZestError, first_line
-from ..io import atomic_dir, sha256, write_json
+from ..io import atomic_dir, atomic_write_bytes, sha256, write_json, writing
 from ..layers import traced_forward
 from ..models import get_spec
 from .graph import (OPSET, drop_unused_initializers, expose_saved_statistics, fix_eval_model, freeze_batchnorm,
@@ -78,7 +78,7 @@ def set_torch_adamw_mode(path: Path) -> None:
             for a in node.attribute:
                 if a.name == "adam_mode":
                     a.i = 0
-    onnx.save(proto, str(path))
+    save_onnx(proto, path)
 
 
 
@@ -187,11 +187,7 @@ def tensor_specs(values_info, value) -> list[dict]:
 
 
 def save_onnx(proto, path: Path) -> None:
-    import onnx
-    try:
-        onnx.save(proto, str(path))
-    except OSError as e:
-        raise ZestError(f"cannot write {path}: {e.strerror or e}") from None
+    atomic_write_bytes(path, proto.SerializeToString())
 
 
 def build_manifest(model, sm, train: dict, *, prefix, example, num_classes, pre, classes, optimizer, lr, batch_size,
@@ -246,12 +242,14 @@ def generate(proto, out: Path, requires_grad: list[str], frozen: list[str], opt_
     """onnxruntime.training.artifacts.generate_artifacts with a cross-entropy loss and `logits` as extra output."""
     from onnxruntime.training import artifacts as ort_artifacts
     try:
-        with warnings.catch_warnings(), quiet_native():
+        with writing(out), warnings.catch_warnings(), quiet_native():      # a failed write is not ORT's fault
             warnings.simplefilter("ignore")
             ort_artifacts.generate_artifacts(
                 proto, requires_grad=requires_grad, frozen_params=frozen,
                 loss=ort_artifacts.LossType.CrossEntropyLoss, optimizer=opt_block, artifact_directory=str(out),
                 additional_output_names=[OUTPUT_NAME])
+    except ZestError:
+        raise
     except Exception as e:
         raise ZestError(f"ONNX Runtime cannot build training artifacts for {name}: {first_line(e)}") from None
 

@@ -93,5 +93,8 @@ def load_backbone(model: nn.Module, state_dict: dict, head: str, source: str) ->
         if given[k].shape != v.shape:
             raise ZestError(f"weights {source} do not match this model: {k} has shape "
                             f"{tuple(given[k].shape)}, expected {tuple(v.shape)}")
+    nonfinite = [k for k in own if given[k].is_floating_point() and not torch.isfinite(given[k]).all()]
+    if nonfinite:
+        raise ZestError(f"weights {source} hold NaN or infinite values in {len(nonfinite)} tensors, e.g. {nonfinite[0]}")
     model.load_state_dict({**model.state_dict(), **{k: given[k] for k in own}})
 
