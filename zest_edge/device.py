@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import ZestError, first_line
 from .export.manifest import OUTPUT_NAME, read_manifest
-from .io import read_json, sha256, write_json
+from .io import atomic_write_bytes, output_dir, read_json, sha256, write_json, writing
 from .prefix_cache import TrainingInputs, default_cache_mb
 
 PROGRESS = "progress.json"
@@ -133,24 +133,16 @@ def check_out(out: Path, resume: bool, force: bool) -> dict | None:
     return None
 
 
-def start_out(out: Path) -> None:
-    """A fresh run: remove what an earlier device run wrote there (--force), nothing else; create the folder."""
-    if out.exists():
-        for entry in out.iterdir():
-            if entry.is_file() and _owned(entry):
-                entry.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def _save_epoch(out: Path, state, epoch: int, progress: dict) -> None:
     """Checkpoint to a temporary name, fsync, rename; then commit progress.json; then drop older checkpoints."""
     from onnxruntime.training.api import CheckpointState
     name = f"{CHECKPOINT_PREFIX}{epoch}"
     tmp = out / f".{name}.tmp"
-    CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, out / name)
+    with writing(out / name, tmp, native=True):
+        CheckpointState.save_checkpoint(state, str(tmp), include_optimizer_state=True)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out / name)
     progress.update(epoch=epoch, checkpoint=name, sha256=sha256(out / name))
     write_json(out / PROGRESS, progress)           # the commit point
     for old in out.glob(f"{CHECKPOINT_PREFIX}*"):
@@ -162,7 +154,9 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
                  resume: bool = False, force: bool = False, seed: int = 0, lr: float | None = None,
                  cache: bool = True, cache_mb: int | None = None, augment: bool = False,
                  progress_bar: bool = True, on_epoch=None, echo=print) -> dict:
-    """Train from ORT Training artifacts for `epochs` epochs; returns the metrics record (also metrics.json).
+    """Train from exported artifacts for `epochs` epochs; returns the metrics record (also metrics.json). ORT
+    Training artifacts run here; an ExecuTorch export (manifest backend "executorch") runs in
+    `zest_edge.executorch_runner` under the same checks, resume rules and metrics.
 
     `cache`: keep the frozen prefix's outputs after their first computation (`cache_mb`, default a quarter of RAM
     up to 4 GiB, in memory; beyond it memory-mapped files under out_dir/.prefix-cache). `augment`: random
@@ -188,6 +182,12 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
         raise ZestError(f"--cache-mb must be 0 or more, got {cache_mb}")
     if out.resolve() == art.resolve():
         raise ZestError("the output folder must not be the artifacts folder")
+    if manifest.get("backend") == "executorch":
+        from .executorch_runner import train_executorch
+        return train_executorch(art, manifest, dataset_train, dataset_val, out, prior=check_out(out, resume, force),
+                                owned=_owned, epochs=epochs, batch_size=batch_size, seed=seed, lr=lr, cache=cache,
+                                cache_mb=cache_mb, augment=augment, progress_bar=progress_bar, on_epoch=on_epoch,
+                                echo=echo)
     for name in ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "prefix.onnx"):
         want = (manifest.get("sha256") or {}).get(name)
         if want and sha256(art / name) != want:
@@ -217,77 +217,83 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
     except Exception as e:
         raise ZestError(f"checkpoint does not fit the training model in {art}: {first_line(e)}") from None
     optimizer.set_learning_rate(lr)
-    if prior is None:
-        start_out(out)                           # only now: a refused run leaves no folder behind
-    progress = {"format": "zest-edge/device-progress", **settings, "epochs": records,
-                "shuffle": "numpy default_rng([seed, epoch]).permutation; ort.set_seed(seed * 100003 + epoch)"}
-    budget = [cache_mb]
-    inputs = {which: TrainingInputs(art, manifest, data, which=which, cache_dir=out / ".prefix-cache", budget=budget,
-                                    cache=cache, session_options=_session_options(), augment=augment and which == "train")
-              for which, data in (("train", dataset_train), ("val", dataset_val))}
-    if augment and manifest.get("prefix"):
-        echo("note: augmentation is on, so the prefix runs for every example in every epoch (no cache)")
-    n_train = len(dataset_train)
-    steps_per_epoch = -(-n_train // batch_size)
+    # only now is the folder made: a refused run leaves none behind. --force over an earlier run builds the new one
+    # beside it (with the files that are not a device run's) and swaps it in when it has finished.
+    replace = prior is None and out.is_dir() and any(out.iterdir())
+    with output_dir(out, replace=replace, keep=lambda entry: not _owned(entry)) as target:
+        progress = {"format": "zest-edge/device-progress", **settings, "epochs": records,
+                    "shuffle": "numpy default_rng([seed, epoch]).permutation; ort.set_seed(seed * 100003 + epoch)"}
+        budget = [cache_mb]
+        inputs = {which: TrainingInputs(art, manifest, data, which=which, cache_dir=target / ".prefix-cache",
+                                        budget=budget, cache=cache, session_options=_session_options(),
+                                        augment=augment and which == "train")
+                  for which, data in (("train", dataset_train), ("val", dataset_val))}
+        if augment and manifest.get("prefix"):
+            echo("note: augmentation is on, so the prefix runs for every example in every epoch (no cache)")
+        n_train = len(dataset_train)
+        steps_per_epoch = -(-n_train // batch_size)
 
-    for epoch in range(start_epoch + 1, epochs + 1):
-        order = np.random.default_rng([seed, epoch]).permutation(n_train)
-        ort.set_seed(seed * 100003 + epoch)
-        module.train()
-        t0 = time.perf_counter()
-        loss_sum = correct = seen = 0
-        step_times = []
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
-                   disable=None if progress_bar else True)   # None: off when stderr is not a terminal
-        cached = inputs["train"].store is not None and inputs["train"].store.complete()
-        try:
-            for x, y in inputs["train"].batches(order, batch_size, rng=np.random.default_rng([seed, epoch, 1])):
-                s0 = time.perf_counter()
-                loss, logits = module(*x, y)
-                optimizer.step()
-                module.lazy_reset_grad()
-                step_times.append(time.perf_counter() - s0)
-                loss_sum += float(loss) * len(y)
-                correct += int((logits.argmax(-1) == y).sum())
-                seen += len(y)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        finally:
-            bar.close()
-        train_seconds = time.perf_counter() - t0
-        val_loss, val_acc = _evaluate(module, inputs["val"], batch_size)
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                  "val_loss": val_loss, "val_accuracy": val_acc, "epoch_seconds": round(train_seconds, 3),
-                  "mean_step_ms": round(1000 * float(np.mean(step_times)), 3), "steps": len(step_times),
-                  "prefix": "none" if not manifest.get("prefix") else "cached" if cached else "computed"}
-        records.append(record)
-        progress["epochs"] = records
-        _save_epoch(out, state, epoch, progress)
-        if on_epoch is not None:
-            on_epoch(record)
+        for epoch in range(start_epoch + 1, epochs + 1):
+            order = np.random.default_rng([seed, epoch]).permutation(n_train)
+            ort.set_seed(seed * 100003 + epoch)
+            module.train()
+            t0 = time.perf_counter()
+            loss_sum = correct = seen = 0
+            step_times = []
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+                       disable=None if progress_bar else True)   # None: off when stderr is not a terminal
+            cached = inputs["train"].store is not None and inputs["train"].store.complete()
+            try:
+                for x, y in inputs["train"].batches(order, batch_size, rng=np.random.default_rng([seed, epoch, 1])):
+                    s0 = time.perf_counter()
+                    loss, logits = module(*x, y)
+                    if not np.isfinite(float(loss)):
+                        raise ZestError(f"training diverged: the loss became {float(loss)} in epoch {epoch}, step "
+                                        f"{len(step_times) + 1} (lower --lr)")
+                    optimizer.step()
+                    module.lazy_reset_grad()
+                    step_times.append(time.perf_counter() - s0)
+                    loss_sum += float(loss) * len(y)
+                    correct += int((logits.argmax(-1) == y).sum())
+                    seen += len(y)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            finally:
+                bar.close()
+            train_seconds = time.perf_counter() - t0
+            val_loss, val_acc = _evaluate(module, inputs["val"], batch_size)
+            record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                      "val_loss": val_loss, "val_accuracy": val_acc, "epoch_seconds": round(train_seconds, 3),
+                      "mean_step_ms": round(1000 * float(np.mean(step_times)), 3), "steps": len(step_times),
+                      "prefix": "none" if not manifest.get("prefix") else "cached" if cached else "computed"}
+            records.append(record)
+            progress["epochs"] = records
+            _save_epoch(target, state, epoch, progress)
+            if on_epoch is not None:
+                on_epoch(record)
 
-    export_inference(module, art, manifest, out / INFERENCE)
-    inference_acc = evaluate_onnx(out / INFERENCE, dataset_val, batch_size)
-    steps = [r["mean_step_ms"] for r in records]
-    metrics = {
-        "format": "zest-edge/device-run", "version": 1,
-        "model": manifest["model"], "artifacts": str(art.resolve()), "selection": manifest.get("selection"),
-        "selected_layers": [layer["name"] for layer in manifest.get("selected_layers", [])],
-        "trainable_params": manifest["trainable_params"],
-        "optimizer": {**manifest["optimizer"], "lr": lr}, "batch_size": batch_size, "seed": seed,
-        "epochs": records,
-        "train_loss": [r["train_loss"] for r in records],
-        "val_accuracy": [r["val_accuracy"] for r in records],
-        "epoch_seconds": [r["epoch_seconds"] for r in records],
-        "mean_step_ms": float(np.mean(steps)) if steps else None,
-        "final_val_accuracy": records[-1]["val_accuracy"] if records else None,
-        "inference_model": INFERENCE, "inference_val_accuracy": inference_acc,
-        "resumed_from_epoch": start_epoch if prior is not None else None,
-        "prefix": inputs["train"].describe(),
-        "runtime": "onnxruntime.training.api " + ort.__version__,
-    }
-    write_json(out / METRICS, metrics)
-    return metrics
+        export_inference(module, art, manifest, target / INFERENCE)
+        inference_acc = evaluate_onnx(target / INFERENCE, dataset_val, batch_size)
+        steps = [r["mean_step_ms"] for r in records]
+        metrics = {
+            "format": "zest-edge/device-run", "version": 1,
+            "model": manifest["model"], "artifacts": str(art.resolve()), "selection": manifest.get("selection"),
+            "selected_layers": [layer["name"] for layer in manifest.get("selected_layers", [])],
+            "trainable_params": manifest["trainable_params"],
+            "optimizer": {**manifest["optimizer"], "lr": lr}, "batch_size": batch_size, "seed": seed,
+            "epochs": records,
+            "train_loss": [r["train_loss"] for r in records],
+            "val_accuracy": [r["val_accuracy"] for r in records],
+            "epoch_seconds": [r["epoch_seconds"] for r in records],
+            "mean_step_ms": float(np.mean(steps)) if steps else None,
+            "final_val_accuracy": records[-1]["val_accuracy"] if records else None,
+            "inference_model": INFERENCE, "inference_val_accuracy": inference_acc,
+            "resumed_from_epoch": start_epoch if prior is not None else None,
+            "prefix": inputs["train"].describe(),
+            "runtime": "onnxruntime.training.api " + ort.__version__,
+        }
+        write_json(target / METRICS, metrics)
+        return metrics
 
 
 def _evaluate(module, inputs: TrainingInputs, batch_size: int) -> tuple[float, float]:
@@ -305,22 +311,20 @@ def export_inference(module, art: Path, manifest: dict, path: Path) -> None:
     import onnx
     from onnx import compose
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with writing(path, tmp, native=True):
         module.export_model_for_inferencing(str(tmp), [OUTPUT_NAME])
-        if manifest.get("prefix"):
-            suffix, prefix = onnx.load(str(tmp)), onnx.load(str(art / manifest["prefix"]["file"]))
-            prefix.ir_version = suffix.ir_version = max(prefix.ir_version, suffix.ir_version)
-            names = [b["name"] for b in manifest["prefix"]["boundary"]]
-            whole = compose.merge_models(compose.add_prefix(prefix, "prefix/", rename_inputs=False),
-                                         compose.add_prefix(suffix, "suffix/"),
-                                         io_map=[(f"prefix/{n}", f"suffix/{n}") for n in names])
-            for node in whole.graph.node:               # the output keeps its plain name (add_prefix renames edges)
-                node.output[:] = [OUTPUT_NAME if o == f"suffix/{OUTPUT_NAME}" else o for o in node.output]
-            whole.graph.output[0].name = OUTPUT_NAME
-            onnx.save(whole, str(tmp))
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise ZestError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
+    with writing(path, tmp):
+        if not manifest.get("prefix"):
+            os.replace(tmp, path)
+            return
+        suffix, prefix = onnx.load(str(tmp)), onnx.load(str(art / manifest["prefix"]["file"]))
+        prefix.ir_version = suffix.ir_version = max(prefix.ir_version, suffix.ir_version)
+        names = [b["name"] for b in manifest["prefix"]["boundary"]]
+        whole = compose.merge_models(compose.add_prefix(prefix, "prefix/", rename_inputs=False),
+                                     compose.add_prefix(suffix, "suffix/"),
+                                     io_map=[(f"prefix/{n}", f"suffix/{n}") for n in names])
+        for node in whole.graph.node:               # the output keeps its plain name (add_prefix renames edges)
+            node.output[:] = [OUTPUT_NAME if o == f"suffix/{OUTPUT_NAME}" else o for o in node.output]
+        whole.graph.output[0].name = OUTPUT_NAME
+        atomic_write_bytes(path, whole.SerializeToString())
+        tmp.unlink()

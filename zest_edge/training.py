@@ -7,8 +7,8 @@ run/adapter/         with LoRA: the adapter (LoRA factors + head) as PEFT's save
 """
 import hashlib
 import json
+import math
 import resource
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save
 
 from .errors import ZestError, first_line
 from .fused import FusedOptimizer
-from .io import atomic_write_bytes, read_json, write_json
+from .io import atomic_write_bytes, output_dir, read_json, write_json
 from .sparse import SparseModel, sparsify
 from .task import Task
 
@@ -44,8 +44,11 @@ class Schedule:
             raise ZestError(f"--epochs must be at least 1, got {self.epochs}")
         if self.optimizer not in OPTIMIZERS:
             raise ZestError(f"unknown optimizer {self.optimizer!r}; choose from: {', '.join(OPTIMIZERS)}")
-        if not self.lr > 0:
-            raise ZestError(f"--lr must be positive, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ZestError(f"--lr must be a positive finite number, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)) or not 0 <= self.momentum < 1:
+            raise ZestError(f"--weight-decay must be a finite number >= 0 and momentum in [0, 1), got "
+                            f"{self.weight_decay} and {self.momentum}")
         if self.batch_size < 1:
             raise ZestError(f"--batch-size must be at least 1, got {self.batch_size}")
 
@@ -148,8 +151,8 @@ def load_trained(path: Path) -> tuple[dict, int]:
 
 def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, resume: bool = False,
              force: bool = False, selection: dict | None = None, progress: bool = True, lora=None) -> dict:
-    """Train `layers` (+ head; None = everything) and write the run folder; returns the metrics record."""
-    from tqdm import tqdm
+    """Train `layers` (+ head; None = everything) and write the run folder; returns the metrics record. `force` over
+    a non-empty `out`: the new run is built in a temporary sibling that replaces `out` only when it has finished."""
     schedule.check()
     out = Path(out)
     config = run_config(task, layers, schedule, selection, lora)
@@ -158,7 +161,9 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
     else:               # a zest_edge.lora.LoraSpec: LoRA adapters on `layers` (None: every layer) + the head train
         from .lora import lora_sparsify
         sm = lora_sparsify(task.model, layers, lora, bn=schedule.bn)
-    records, start_epoch = [], 0
+    records, start_epoch, replace = [], 0, False
+    if out.exists() and not out.is_dir():
+        raise ZestError(f"output {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         if resume and (out / "config.json").exists():
             # `epochs` is where a run stops, not what it does (the lr is constant, each epoch's order is seeded by
@@ -169,11 +174,9 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
         elif not force:
             raise ZestError(f"output {out} exists and is not empty (use --resume to continue it or --force to replace it)")
         else:
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config)
+            replace = True            # --force: the new run is built beside and replaces this one when it finishes
     opt = make_optimizer([p for _, p in sm.trainable], schedule)
-    if resume and (out / "trained.safetensors").exists():
+    if resume and not replace and (out / "trained.safetensors").exists():
         tensors, start_epoch = load_trained(out / "trained.safetensors")
         with torch.no_grad():
             for n, p in sm.trainable:
@@ -181,6 +184,16 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
         opt.load_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("opt/")})
         torch.set_rng_state(tensors["rng/torch"])
         records = read_json(out / "metrics.json", "run")["epochs"][:start_epoch]
+    with output_dir(out, replace=replace) as target:
+        write_json(target / "config.json", config)
+        train_epochs(task, sm, opt, schedule, target, records, start_epoch, progress)
+    return read_json(out / "metrics.json", "run")
+
+
+def train_epochs(task: Task, sm: SparseModel, opt, schedule: Schedule, out: Path, records: list, start_epoch: int,
+                 progress: bool) -> None:
+    """Epochs start_epoch+1..schedule.epochs; after each, trained.safetensors and metrics.json in `out`."""
+    from tqdm import tqdm
     use_cache = schedule.cache and bool(sm.prefix)
     if use_cache and FeatureCache.estimate_mb(sm, task.train) + FeatureCache.estimate_mb(sm, task.val) > schedule.cache_limit_mb:
         print(f"note: feature cache would exceed {schedule.cache_limit_mb} MB; running the frozen prefix every step")
@@ -194,10 +207,13 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
         losses, step_ms = [], []
         epoch_start = time.perf_counter()
         bar = tqdm(train.iterate(order), total=len(train), desc=f"epoch {epoch + 1}/{schedule.epochs}",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)     # None: off when stderr is no terminal
         for x, y in bar:
             s = time.perf_counter()
             losses.append(sm.step(x, y, opt, features=train.features))
+            if not math.isfinite(losses[-1]):
+                raise ZestError(f"training diverged: the loss became {losses[-1]} in epoch {epoch + 1}, step "
+                                f"{len(losses)} (lower --lr)")
             step_ms.append((time.perf_counter() - s) * 1000)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         train_seconds = time.perf_counter() - epoch_start
@@ -214,7 +230,6 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
         if progress:
             print(f"epoch {epoch + 1}/{schedule.epochs}: loss {records[-1]['train_loss']:.4f}  val acc {acc:.4f}  "
                   f"({train_seconds:.1f} s, step {records[-1]['step_ms_median']:.1f} ms)")
-    return read_json(out / "metrics.json", "run")
 
 
 def metrics_record(sm: SparseModel, opt, epochs: list[dict], cached: bool, cache_seconds: float) -> dict:

@@ -10,10 +10,14 @@ from .options import human_size, load, select_from_flags, selection_options, tas
 @click.command()
 @task_options
 @selection_options
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
-              help="adamw = torch.optim.AdamW; sgd = plain SGD (ORT's on-device SGD has no momentum).")
+@click.option("--backend", type=click.Choice(["ort", "executorch"]), default="ort", show_default=True,
+              help="ort: ONNX Runtime Training artifacts; executorch: ExecuTorch .pte training programs (SGD only).")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None,
+              help="adamw = torch.optim.AdamW (ort); sgd = torch.optim.SGD (ORT's has no momentum or weight decay). "
+                   "[ort: adamw, executorch: sgd]")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="AdamW only.")
+@click.option("--momentum", type=float, default=0.0, show_default=True, help="SGD momentum (executorch only).")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="AdamW, or SGD with executorch.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Batch size recorded for device runs.")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt"]), default="onnx", show_default=True,
               help="tensorrt: also build model.engine from inference.onnx (needs TensorRT and a GPU).")
@@ -21,11 +25,19 @@ from .options import human_size, load, select_from_flags, selection_options, tas
 @click.option("--no-split", is_flag=True, help="One training graph from the input (no prefix.onnx, nothing cached).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifacts folder to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out (only once the new export is complete).")
-def export(top_k, ranking, predictor, metric, layers, random_k, full, optimizer, lr, weight_decay, batch_size, fmt,
-           fp16, no_split, out, force, **task_args):
-    """Export ONNX Runtime Training artifacts (+ inference ONNX, optional TensorRT engine) for the chosen layers."""
+def export(top_k, ranking, predictor, metric, layers, random_k, full, backend, optimizer, lr, momentum, weight_decay,
+           batch_size, fmt, fp16, no_split, out, force, **task_args):
+    """Export training artifacts for the chosen layers: ONNX Runtime Training (+ inference ONNX, optional TensorRT
+    engine) or ExecuTorch programs (training, inference, frozen prefix)."""
     from ..export import export_artifacts
     from ..io import refuse_nonempty
+    optimizer = optimizer or ("sgd" if backend == "executorch" else "adamw")
+    if backend == "executorch":
+        from ..export.executorch import check_args, export_executorch
+        if fmt != "onnx":
+            raise ZestError("--format tensorrt builds from inference.onnx: use it with --backend ort")
+        check_args(None if full else [], optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                   batch_size=batch_size, bn="frozen")
     if fp16 and fmt != "tensorrt":
         raise ZestError("--fp16 applies to --format tensorrt")
     if batch_size < 1:
@@ -47,10 +59,17 @@ def export(top_k, ranking, predictor, metric, layers, random_k, full, optimizer,
         report["engine"] = "model.engine"
         return {"tensorrt": report}
 
-    manifest = export_artifacts(task.model, chosen.layers, out, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                                weight_decay=weight_decay, split=not no_split, preprocess=task.preprocess, classes=task.train.classes,
-                                ranking=chosen.ranking, force=force, finalize=engine if fmt == "tensorrt" else None,
-                                extra_manifest={"data": task.data_spec, "task": task.describe(), "selection_info": chosen.info})
+    extra = {"data": task.data_spec, "task": task.describe(), "selection_info": chosen.info}
+    if backend == "executorch":
+        manifest = export_executorch(task.model, chosen.layers, out, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                                     momentum=momentum, weight_decay=weight_decay, split=not no_split,
+                                     preprocess=task.preprocess, classes=task.train.classes, ranking=chosen.ranking,
+                                     force=force, extra_manifest=extra)
+    else:
+        manifest = export_artifacts(task.model, chosen.layers, out, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                                    weight_decay=weight_decay, momentum=momentum, split=not no_split,
+                                    preprocess=task.preprocess, classes=task.train.classes, ranking=chosen.ranking,
+                                    force=force, finalize=engine if fmt == "tensorrt" else None, extra_manifest=extra)
     sel = manifest["selected_layers"]
     what = "all layers (full fine-tuning)" if chosen.layers is None else f"{len(sel)} layers"
     click.echo(f"selected {what} + head {manifest['head']['name']}"
@@ -64,7 +83,7 @@ def export(top_k, ranking, predictor, metric, layers, random_k, full, optimizer,
     click.echo(", ".join(f"{name} {human_size(size)}" for name, size in files.items()))
     if manifest["prefix"]:
         boundary = ", ".join(f"{b['name']} {b['shape'][1:]}" for b in manifest["prefix"]["boundary"])
-        click.echo(f"frozen prefix: {manifest['prefix']['stages']} stages in prefix.onnx (run once per example on "
+        click.echo(f"frozen prefix: {manifest['prefix']['stages']} stages in {manifest['prefix']['file']} (run once per example on "
                    f"device, then cached); training starts at {boundary}")
     click.echo(f"wrote {out}/ in {manifest['export_seconds']:.1f} s (manifest.json describes it)")
 
@@ -88,7 +107,7 @@ def export(top_k, ranking, predictor, metric, layers, random_k, full, optimizer,
 @click.option("--force", is_flag=True, help="Start over in a non-empty --out.")
 def device_train(artifacts, data_spec, data_root, limit, seed, epochs, batch_size, lr, cache_mb, no_cache, augment, out,
                  resume, force):
-    """Fine-tune on device from exported artifacts with ONNX Runtime Training only (no PyTorch)."""
+    """Fine-tune on device from exported artifacts with their runtime only: ONNX Runtime Training, or ExecuTorch."""
     from ..device import device_datasets, device_train as run
     from ..export import read_manifest
     from ..io import refuse_nonempty
@@ -96,7 +115,7 @@ def device_train(artifacts, data_spec, data_root, limit, seed, epochs, batch_siz
     if not resume:
         refuse_nonempty(out, force, "use --resume to continue that run, or --force to start over")
     train, val = device_datasets(manifest, data_spec, limit=limit, seed=seed, data_root=data_root)
-    batch_size = batch_size or manifest["optimizer"]["batch_size"]
+    batch_size = manifest["optimizer"]["batch_size"] if batch_size is None else batch_size
 
     def report(r):
         click.echo(f"epoch {r['epoch']}/{epochs}: train loss {r['train_loss']:.4f}, train acc "
@@ -110,7 +129,7 @@ def device_train(artifacts, data_spec, data_root, limit, seed, epochs, batch_siz
     if record["resumed_from_epoch"]:
         click.echo(f"resumed after epoch {record['resumed_from_epoch']}")
     click.echo(f"final val acc {record['final_val_accuracy']:.4f} on {len(val)} examples (inference model: "
-               f"{record['inference_val_accuracy']:.4f}); wrote {out}/model_inference.onnx, metrics.json")
+               f"{record['inference_val_accuracy']:.4f}); wrote {out}/{record['inference_model']}, metrics.json")
 
 
 @click.command("build-engine")
