@@ -107,7 +107,7 @@ def test_probe_layers_spread_over_depth():
 
 
 def test_bad_sweep_yaml_is_one_line(tmp_path):
-    for text, expected in [("model: resnet18\ndata: fashion_mnist\nepochs: three\n", "epochs must be int"),
+    for text, expected in [("model: resnet18\ndata: fashion_mnist\nepochs: three\n", "epochs must be an integer"),
                            ("model: resnet18\ndata: fashion_mnist\nlr_grid: [0.1, -1]\n", "lr_grid"),
                            ("model: resnet18\ndata: fashion_mnist\nepoch: 3\n", "unknown setting 'epoch'")]:
         cfg = tmp_path / "c.yaml"
