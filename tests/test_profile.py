@@ -1,6 +1,8 @@
 """zest-edge profile: the report, interleaved rounds, bootstrap intervals, worker isolation, memory accounting, errors."""
 import json
 import mmap
+import os
+import signal
 import time
 
 import numpy as np
@@ -105,9 +107,13 @@ def test_bootstrap_interval_brackets_the_ratio():
     assert lo < np.median(full) / np.median(other) < hi and hi - lo < 1.0
 
 
+WORKER = {"model": "mobilenet_v2", "num_classes": 10, "resolution": 32, "device": "cpu", "warmup": 1,
+          "optimizer": "adamw", "lr": 1e-3, "backend": "torch", "threads": 1, "seed": 0, "mode": None, "batch_size": 2,
+          "weights": "random"}
+
+
 def test_workers_measure_memory_in_their_own_process():
-    base = {"model": "mobilenet_v2", "num_classes": 10, "resolution": 32, "device": "cpu", "warmup": 1,
-            "optimizer": "adamw", "lr": 1e-3, "backend": "torch", "threads": 1, "seed": 0, "mode": None}
+    base = WORKER
     big, small = Worker({**base, "layers": None, "batch_size": 8}), Worker({**base, "layers": [], "batch_size": 2})
     try:
         assert "error" not in big.ready and "error" not in small.ready, (big.ready, small.ready)
@@ -124,6 +130,15 @@ def test_workers_measure_memory_in_their_own_process():
 def test_a_worker_that_fails_to_build_reports_an_error():
     worker = Worker({"model": "no_such_model", "backend": "torch", "num_classes": 10, "layers": None})
     assert "no_such_model" in worker.ready["error"] and not worker.alive
+
+
+def test_a_worker_killed_after_building_says_how_it_died():
+    worker = Worker({**WORKER, "layers": ["features.17.conv.2"]})
+    assert "error" not in worker.ready and worker.alive
+    os.killpg(worker.proc.pid, signal.SIGKILL)                      # as the kernel's OOM killer would
+    worker.proc.wait()
+    assert not worker.alive
+    assert "killed by signal 9 (out of memory?)" in worker.step()["error"]
 
 
 @pytest.mark.parametrize("hwm_reset", [True, False])

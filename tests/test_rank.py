@@ -29,7 +29,9 @@ def test_rank_with_default_predictor(monkeypatch, capsys, tmp_path, model, n_lay
     assert r["selected"] == [l["name"] for l in r["layers"][:5]]
     assert 0 < r["trainable_share"] < 1
     lora = json.loads(peft.read_text())
-    assert lora["target_modules"] == r["selected"] and lora["peft_type"] == "LORA"
+    assert lora["target_modules"] == r["selected"]
+    picture = tmp_path / "ranking.png"                    # the scores over depth, beside ranking.json
+    assert picture.read_bytes()[:4] == b"\x89PNG" and f"wrote {out} and {picture}" in stdout
 
 
 def test_rank_by_single_metric_with_sign(monkeypatch, capsys, tmp_path):
