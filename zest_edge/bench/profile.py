@@ -232,8 +232,9 @@ def profile(model_name: str, *, out, batch_size: int = 32, resolution: int | Non
             for j in [(r + i) % len(jobs) for i in range(len(jobs))]:
                 if workers[j] is not None and workers[j].alive:
                     timings[j].append(workers[j].step(timeout))
-                elif workers[j] is not None and "error" not in readies[j] and not timings[j]:
-                    timings[j].append(workers[j].death())      # died after building: say why in its row
+                elif workers[j] is not None and "error" not in readies[j] and \
+                        not (timings[j] and "error" in timings[j][-1]):
+                    timings[j].append(workers[j].death())      # died between calls: say why in its row
         for w in workers:
             if w is not None:
                 w.close()
