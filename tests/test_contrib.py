@@ -122,9 +122,9 @@ def test_corrupt_corpus_row_is_a_clear_error(tmp_path):
             "layers": [{"name": "a", "contribution": 0.5, "metrics": {"snip": 1.0}},
                        {"name": "b", "contribution": "oops", "metrics": {"snip": 2.0}}]}
     (tmp_path / "c.json").write_text(json.dumps(good))
-    with pytest.raises(ZestError, match="layer row 1 is corrupt"):
+    with pytest.raises(ZestError, match=r"c\.json: layers\[1\]\.contribution must be a number, got 'oops'"):
         load_corpus(tmp_path)
     res = subprocess.run(CLI + ["train-predictor", "--corpus", str(tmp_path), "--out", str(tmp_path / "p.json")],
                          capture_output=True, text=True)
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "corrupt" in res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "contribution must be a number" in res.stderr
     assert not (tmp_path / "p.json").exists()

@@ -307,6 +307,37 @@ def test_a_ranking_without_layers_is_refused(command, tmp_path, monkeypatch, cap
     assert not out.exists()
 
 
+def test_files_read_back_are_checked_against_their_schema(finished, device_run, tmp_path, monkeypatch, capsys):
+    import shutil
+    run = shutil.copytree(finished, tmp_path / "run")               # run/config.json: a field of the wrong type
+    config = strict_json(run / "config.json")
+    config["schedule"]["lr"] = "fast"
+    (run / "config.json").write_text(json.dumps(config))
+    code, _, err = run_main(monkeypatch, capsys, *TRAIN, "--epochs", "2", "--resume", "--out", str(run))
+    one_line_error(code, err, "config.json: schedule.lr must be a number, got 'fast'")
+    art, dev_run, _, _ = device_run                                 # a device run's progress.json
+    dev = shutil.copytree(dev_run, tmp_path / "dev")
+    progress = strict_json(dev / "progress.json")
+    progress["epoch"] = "1"
+    (dev / "progress.json").write_text(json.dumps(progress))
+    code, _, err = device(monkeypatch, capsys, art, dev, "--epochs", "2", "--resume")
+    one_line_error(code, err, "progress.json: epoch must be an integer, got '1'")
+    bare = shutil.copytree(art, tmp_path / "art")                  # a manifest without its optimizer
+    manifest = strict_json(bare / "manifest.json")
+    del manifest["optimizer"]
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = device(monkeypatch, capsys, bare, tmp_path / "dev2")
+    one_line_error(code, err, "manifest.json: optimizer is missing (expected a mapping with kind, lr, batch_size)")
+    from zest_edge.ranking import DEFAULT_PREDICTOR                 # a predictor file
+    predictor = json.loads(DEFAULT_PREDICTOR.read_text())
+    predictor["weights"]["skip"][3] = None
+    (tmp_path / "p.json").write_text(json.dumps(predictor))
+    code, _, err = run_main(monkeypatch, capsys, "rank", *TASK, "--predictor", str(tmp_path / "p.json"),
+                            "--out", str(tmp_path / "r.json"))
+    one_line_error(code, err, "p.json: weights.skip[3] must be a number, got None")
+    assert not (tmp_path / "r.json").exists()
+
+
 # 6. a torn last line in an append-only store is cut, and said so ------------------------------------------------
 
 def test_contrib_resumes_over_a_torn_store_and_warns(tmp_path, monkeypatch, capsys):
@@ -340,6 +371,14 @@ def test_bad_arguments_are_refused_before_any_output(args, fragments, tmp_path, 
     out = tmp_path / "out"
     code, _, err = run_main(monkeypatch, capsys, *args, "--out", str(out))
     one_line_error(code, err, *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_contrib_without_ray_is_refused_before_its_store_exists(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)                  # `import ray` raises ImportError
+    code, _, err = run_main(monkeypatch, capsys, "contrib", *TASK, "--lr", "0.01", "--backend", "ray",
+                            "--out", str(tmp_path / "sweep"))
+    one_line_error(code, err, "--backend ray needs Ray")
     assert list(tmp_path.iterdir()) == []
 
 

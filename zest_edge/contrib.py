@@ -231,6 +231,9 @@ def run_sweep(sweep: SweepConfig, out, *, shard: tuple[int, int] = (0, 1), backe
     check_shard(shard)
     if backend not in ("local", "ray"):
         raise ZestError(f"unknown backend {backend!r}; choose local or ray")
+    if backend == "ray":
+        from .ray_jobs import require_ray
+        require_ray()                       # before the store is created
     sweep.check()
     task = task or sweep.load_task()
     names = [l.name for l in layer_map(task.model)]

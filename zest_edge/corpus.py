@@ -5,11 +5,14 @@ corpus/<name>.json = {"format": "zest-edge/combination", "version": 2, "model", 
   "layers": [{layer map fields, "contribution", "contribution_se", "curve", "val_loss_curve",
   "metrics": {first batch}, "metrics_by_batch": [{...} per batch]}]}
 """
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from .contrib import HEAD, load_sweep
 from .errors import ZestError
-from .io import read_json, write_json
+from .io import write_json
+from .schema import read_record
 from .metrics_file import metrics_record
 from .task import Task
 
@@ -39,6 +42,22 @@ def combination_record(task: Task, sweep_dir, *, batch_size: int, batch_seeds: l
             "metric_seconds": [r["seconds"] for r in records], "layers": out}
 
 
+@dataclass
+class CombinationLayer:
+    name: str
+    contribution: float
+    metrics: dict
+
+
+@dataclass
+class CombinationFile:
+    """A corpus combination file as read back (its types checked by zest_edge.schema)."""
+    KIND: ClassVar[str] = "combination"
+    model: str
+    data: str
+    layers: list[CombinationLayer]
+
+
 def load_corpus(path) -> list[dict]:
     """Every combination file in a folder (or one file), checked."""
     path = Path(path)
@@ -47,11 +66,8 @@ def load_corpus(path) -> list[dict]:
         raise ZestError(f"no combination files (*.json) in {path}")
     combos = []
     for f in files:
-        c = read_json(f, "combination")
-        for i, layer in enumerate(c.get("layers", [])):
-            if not isinstance(layer.get("contribution"), (int, float)) or not isinstance(layer.get("metrics"), dict):
-                raise ZestError(f"{f}: layer row {i} is corrupt (needs a numeric contribution and metrics)")
-        if len(c.get("layers", [])) < 2:
+        c, _ = read_record(f, CombinationFile)
+        if len(c["layers"]) < 2:
             raise ZestError(f"{f}: fewer than 2 layers")
         c["file"] = f.name
         combos.append(c)

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from .errors import ZestError, first_line
 from .export.manifest import OUTPUT_NAME, read_manifest
-from .io import atomic_write_bytes, output_dir, read_json, sha256, write_json, writing
+from .io import atomic_write_bytes, output_dir, sha256, write_json, writing
 from .prefix_cache import TrainingInputs, default_cache_mb
+from .schema import read_record
 
 PROGRESS = "progress.json"
 METRICS = "metrics.json"
@@ -117,13 +120,28 @@ def _owned(path: Path) -> bool:
             or (name.startswith(".") and name.endswith(".tmp")))
 
 
+@dataclass
+class DeviceProgress:
+    """progress.json of a device run as read back (its types checked by zest_edge.schema)."""
+    KIND: ClassVar[str] = "device-progress"
+    epoch: int
+    checkpoint: str
+    sha256: str
+    model: str
+    batch_size: int
+    seed: int
+    lr: float
+    epochs: list[dict]
+    training_model_sha256: str | None = None
+
+
 def check_out(out: Path, resume: bool, force: bool) -> dict | None:
     """Check the output folder (no side effects); returns the progress record to resume from, or None."""
     if out.exists() and not out.is_dir():
         raise ZestError(f"output {out} exists and is not a folder")
     entries = list(out.iterdir()) if out.exists() else []
     if resume and (out / PROGRESS).exists():
-        return read_json(out / PROGRESS, "device-progress")
+        return read_record(out / PROGRESS, DeviceProgress)[0]
     if entries and not force:
         if resume:
             raise ZestError(f"output {out} holds no {PROGRESS} to resume from and is not empty (use --force to "

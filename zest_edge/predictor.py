@@ -12,11 +12,13 @@ P(a above b) = σ(f(a) − f(b)); logistic loss, weighted by min(|Δcontribution
 The saved file is JSON (weights as lists); scoring needs only numpy.
 """
 import math
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from .errors import ZestError
-from .io import read_json, write_json
+from .io import write_json
 
 LAYER_TYPES = ("conv", "conv_dw", "conv_pw", "linear")
 
@@ -62,6 +64,24 @@ def layer_features(layers: list[dict], metric_names: list[str]) -> np.ndarray:
     return np.stack(cols, axis=1).astype(np.float32)
 
 
+@dataclass
+class PredictorWeights:
+    skip: list[float]
+    W1: list[list[float]]
+    b1: list[float]
+    w2: list[float]
+
+
+@dataclass
+class PredictorFile:
+    """A predictor JSON as read back (its types checked by zest_edge.schema)."""
+    KIND: ClassVar[str] = "predictor"
+    metric_names: list[str]
+    features: list[str]
+    weights: PredictorWeights
+    provenance: dict = field(default_factory=dict)
+
+
 class Predictor:
     def __init__(self, metric_names: list[str], weights: dict, provenance: dict | None = None):
         self.metric_names = list(metric_names)
@@ -89,12 +109,13 @@ class Predictor:
 
     @classmethod
     def load(cls, path) -> "Predictor":
-        obj = read_json(path, "predictor")
+        from .schema import read_record
+        _, obj = read_record(path, PredictorFile)
         try:
-            p = cls(obj["metric_names"], obj["weights"], obj.get("provenance"))
-        except (KeyError, TypeError, ValueError) as e:
+            p = cls(obj.metric_names, asdict(obj.weights), obj.provenance)
+        except ValueError as e:                              # ragged weight lists
             raise ZestError(f"predictor {path} is malformed ({e})") from None
-        if p.features != obj.get("features"):
+        if p.features != obj.features:
             raise ZestError(f"predictor {path} was trained on a different feature set than this zest-edge computes")
         n = len(p.features)
         if p.weights["skip"].shape != (n,) or (p.weights["W1"].size and p.weights["W1"].shape[0] != n):

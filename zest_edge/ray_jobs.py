@@ -5,13 +5,19 @@ Knows nothing of what the jobs do, so nothing here imports back into the code th
 from .errors import ZestError, first_line
 
 
-def map_unordered(fn, arg_tuples: list[tuple], emit, *, address: str | None = None, desc: str = "jobs",
-                  progress: bool = True) -> None:
-    """Call fn(*args) for each tuple as one Ray task (1 CPU each); emit(result) as each finishes."""
+def require_ray():
+    """The ray module, or a one-line error saying how to install it (callers check before writing anything)."""
     try:
         import ray
     except ImportError:
         raise ZestError("--backend ray needs Ray: pip install 'zest-edge[ray]'") from None
+    return ray
+
+
+def map_unordered(fn, arg_tuples: list[tuple], emit, *, address: str | None = None, desc: str = "jobs",
+                  progress: bool = True) -> None:
+    """Call fn(*args) for each tuple as one Ray task (1 CPU each); emit(result) as each finishes."""
+    ray = require_ray()
     from tqdm import tqdm
     if not arg_tuples:
         return

@@ -10,8 +10,9 @@ import json
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save
 from .errors import ZestError, first_line
 from .fused import FusedOptimizer
 from .io import atomic_write_bytes, output_dir, read_json, write_json
+from .schema import read_record
 from .sparse import SparseModel, sparsify
 from .task import Task
 
@@ -51,6 +53,38 @@ class Schedule:
                             f"{self.weight_decay} and {self.momentum}")
         if self.batch_size < 1:
             raise ZestError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class RunTask:
+    model: str
+
+
+@dataclass
+class RunConfigFile:
+    """run/config.json as read back (its types checked by zest_edge.schema)."""
+    KIND: ClassVar[str] = "run-config"
+    task: RunTask
+    layers: list[str] | None
+    schedule: Schedule
+    selection: dict = field(default_factory=dict)
+    lora: dict | None = None
+
+
+@dataclass
+class RunEpoch:
+    epoch: int
+    train_loss: float
+    val_acc: float
+    val_acc_before: float
+
+
+@dataclass
+class RunFile:
+    """run/metrics.json as read back."""
+    KIND: ClassVar[str] = "run"
+    layers: list[str]
+    epochs: list[RunEpoch]
 
 
 def make_optimizer(params, s: Schedule) -> FusedOptimizer:
@@ -144,8 +178,11 @@ def load_trained(path: Path) -> tuple[dict, int]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ZestError(f"checkpoint {path} is corrupt ({first_line(e)})") from None
-    if meta.get("format") != "zest-edge/trained":
+    if meta.get("format") != "zest-edge/trained" or not str(meta.get("epoch", "")).isdigit():
         raise ZestError(f"{path} is not a zest-edge checkpoint")
+    nonfinite = [k for k, t in tensors.items() if k.startswith("param/") and not torch.isfinite(t).all()]
+    if nonfinite:
+        raise ZestError(f"checkpoint {path} holds NaN or infinite values in {nonfinite[0][6:]}")
     return tensors, int(meta["epoch"])
 
 
@@ -169,7 +206,7 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
             # `epochs` is where a run stops, not what it does (the lr is constant, each epoch's order is seeded by
             # its index): a resume may extend it, and 1 + 1 epochs equal a 2-epoch run.
             same = lambda c: config_hash({**c, "schedule": {k: v for k, v in c["schedule"].items() if k != "epochs"}})
-            if same(read_json(out / "config.json", "run-config")) != same(config):
+            if same(read_record(out / "config.json", RunConfigFile)[0]) != same(config):
                 raise ZestError(f"{out} holds a run with a different configuration; use another --out")
         elif not force:
             raise ZestError(f"output {out} exists and is not empty (use --resume to continue it or --force to replace it)")
@@ -183,7 +220,7 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
                 p.copy_(tensors[f"param/{n}"])
         opt.load_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("opt/")})
         torch.set_rng_state(tensors["rng/torch"])
-        records = read_json(out / "metrics.json", "run")["epochs"][:start_epoch]
+        records = read_record(out / "metrics.json", RunFile)[0]["epochs"][:start_epoch]
     with output_dir(out, replace=replace) as target:
         write_json(target / "config.json", config)
         train_epochs(task, sm, opt, schedule, target, records, start_epoch, progress)
@@ -250,14 +287,14 @@ def load_run(task: Task, run_dir) -> SparseModel:
     """The task's model with the run's trained parameters merged in (eval-ready); a LoRA run's adapter is loaded by
     PEFT and merged into the weights (head included)."""
     run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json", "run-config")
-    if config["task"]["model"] != task.model_name:
-        raise ZestError(f"{run_dir} was trained for {config['task']['model']}, not {task.model_name}")
-    if config.get("lora"):
+    _, config = read_record(run_dir / "config.json", RunConfigFile)
+    if config.task.model != task.model_name:
+        raise ZestError(f"{run_dir} was trained for {config.task.model}, not {task.model_name}")
+    if config.lora:
         from .lora import ADAPTER_DIR, merge_adapter
-        return sparsify(merge_adapter(task.model, run_dir / ADAPTER_DIR), config["layers"], bn=config["schedule"]["bn"])
+        return sparsify(merge_adapter(task.model, run_dir / ADAPTER_DIR), config.layers, bn=config.schedule.bn)
     tensors, _ = load_trained(run_dir / "trained.safetensors")
-    sm = sparsify(task.model, config["layers"], bn=config["schedule"]["bn"])
+    sm = sparsify(task.model, config.layers, bn=config.schedule.bn)
     with torch.no_grad():
         for n, p in sm.trainable:
             if f"param/{n}" not in tensors:
