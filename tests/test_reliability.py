@@ -280,6 +280,17 @@ def test_device_train_inference_export_on_a_full_disk_then_resume(device_run):
     assert resumed == (1, True)                 # with space again, --resume finished the run from its epoch 1
 
 
+def test_a_full_disk_under_the_prefix_cache_is_one_line_not_a_crash(art, tmp_path, monkeypatch, capsys):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    out = tmp_path / "dev"
+    code, _, err = device(monkeypatch, capsys, art, out, "--cache-mb", "0")         # the cache goes to disk
+    one_line_error(code, err, f"cannot write {out / '.prefix-cache' / 'train' / '0.npy'}", "No space left on device")
+    assert leftovers(tmp_path) == []
+
+
 # 5. config and file schemas -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("setting, fragments", [

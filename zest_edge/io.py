@@ -1,5 +1,6 @@
 """Atomic file output and durable append-only logs."""
 import contextlib
+import errno
 import glob
 import json
 import math
@@ -49,6 +50,19 @@ def write_all(f, data: bytes) -> None:
     f.write(data)
     f.flush()
     os.fsync(f.fileno())
+
+
+def reserve_space(path) -> None:
+    """Allocate the blocks of a (sparse) file now, so a full disk is an OSError here rather than a SIGBUS when a
+    memory map of it is written later; filesystems without fallocate are left as they are."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

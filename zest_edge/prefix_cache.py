@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ZestError, first_line
-from .io import atomic_write_bytes, sha256
+from .io import atomic_write_bytes, reserve_space, sha256, writing
 
 CACHE_FORMAT = "zest-edge/prefix-cache"
 
@@ -55,9 +55,11 @@ class BoundaryStore:
             if folder is None:
                 self.arrays.append(np.empty(shape, dtype=spec["dtype"]))
             else:
-                folder.mkdir(parents=True, exist_ok=True)
-                self.arrays.append(np.lib.format.open_memmap(folder / f".{i}.npy.tmp", mode="w+", dtype=spec["dtype"],
-                                                             shape=shape))
+                tmp = folder / f".{i}.npy.tmp"
+                with writing(folder / f"{i}.npy", tmp):
+                    folder.mkdir(parents=True, exist_ok=True)
+                    self.arrays.append(np.lib.format.open_memmap(tmp, mode="w+", dtype=spec["dtype"], shape=shape))
+                    reserve_space(tmp)
 
     def _sidecar(self) -> Path:
         return self.folder / "cache.json"
@@ -105,7 +107,8 @@ class TrainingInputs:
     """Batches for the training (or eval) model of an export: raw examples, or the prefix's outputs (cached)."""
 
     def __init__(self, artifacts: Path, manifest: dict, dataset, *, which: str, cache_dir: Path | None,
-                 budget: list, cache: bool, session_options=None, augment: bool = False):
+                 budget: list, cache: bool, session_options=None, augment: bool = False, prefix_runner=None):
+        """`prefix_runner(x) -> list of arrays` runs the prefix (default: prefix.onnx in an ORT InferenceSession)."""
         self.dataset, self.augment = dataset, augment
         self.labels = labels_of(dataset)
         self.dtype = np.int64 if manifest["input"]["dtype"] == "int64" else np.float32
@@ -113,12 +116,7 @@ class TrainingInputs:
         prefix = manifest.get("prefix")
         if not prefix:
             return
-        import onnxruntime as ort
-        path = artifacts / prefix["file"]
-        try:
-            self.prefix = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ZestError(f"cannot load {path}: {first_line(e)}") from None
+        self.prefix = prefix_runner or ort_runner(artifacts / prefix["file"], session_options)
         if not cache or augment:
             return
         specs = prefix["boundary"]
@@ -157,10 +155,21 @@ class TrainingInputs:
             elif self.store is not None and self.store.filled[idx].all():
                 yield self.store.take(idx), y
             else:
-                outputs = self.prefix.run(None, {self.prefix.get_inputs()[0].name: self.raw(idx, rng)})
+                outputs = self.prefix(self.raw(idx, rng))
                 if self.store is not None:
                     self.store.put(idx, outputs)
                 yield outputs, y
+
+
+def ort_runner(path: Path, session_options=None):
+    """prefix.onnx in an ONNX Runtime InferenceSession, as a callable x -> list of output arrays."""
+    import onnxruntime as ort
+    try:
+        session = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ZestError(f"cannot load {path}: {first_line(e)}") from None
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
 
 
 def _digest(array: np.ndarray) -> str:
