@@ -81,7 +81,8 @@ def test_benchmark_resumes_after_kill_and_writes_results(tmp_path):
     results = read_json(out / "results.json", "results")
     assert results["complete"] and results == json.loads(json.dumps(record))
     labels = [m["method"] for m in results["methods"]]
-    expected = ["full"] + [f"{m}@{k}" for m in ("zest", "random", "best-metric", "last") for k in (1, 2)] + \
+    expected = ["full"] + [f"{m}@{k}" for m in ("zest", "random", "best-metric", "rgn", "largest", "last")
+                           for k in (1, 2)] + \
                ["head-only", "contribution@1", "contribution@2"]
     assert labels == expected
     by = {m["method"]: m for m in results["methods"]}
@@ -101,6 +102,9 @@ def test_benchmark_resumes_after_kill_and_writes_results(tmp_path):
     names = [l.name for l in layer_map(task.model)]
     top2 = rank_task(task, top_k=2, batch_size=8)["selected"]
     assert set(by["zest@2"]["layers"]["0"]) == set(top2) and by["zest@1"]["layers"]["0"] == top2[:1]
+    sizes = {l.name: l.params for l in layer_map(task.model)}
+    assert set(by["largest@2"]["layers"]["0"]) == set(sorted(names, key=lambda n: -sizes[n])[:2])
+    assert set(by["rgn@2"]["layers"]["0"]) == set(rank_task(task, top_k=2, metric="rgn", batch_size=8)["selected"])
     drawn = random.Random(0).sample(names, 2)
     assert by["random@2"]["layers"]["0"] == [n for n in names if n in drawn]          # distinct, seeded, in order
     schedules = [json.loads((r / "config.json").read_text())["schedule"] for r in run_folders(out)]
@@ -155,7 +159,7 @@ def test_config_checks(tmp_path):
     cfg = bm.load_benchmark_config(TINY)
     assert "contribution" not in cfg["methods"]          # no sweep named: contribution@k is left out
     assert cfg["k"] == [1, 2] and cfg["seeds"] == [0]
-    for change, message in (({"bogus": 1}, "unknown setting"), ({"methods": ["full", "lora"]}, "unknown method"),
+    for change, message in (({"bogus": 1}, "unknown setting"), ({"methods": ["full", "bogus"]}, "unknown method"),
                             ({"metric": None}, "needs `metric`"), ({"k": [0]}, "positive"),
                             ({"epochs": 0}, "epochs"), ({"model": None}, "`model` is required")):
         with pytest.raises(ZestError, match=message):

@@ -51,13 +51,13 @@ def test_metrics_writes_json_and_csv_for_every_layer_and_metric(monkeypatch, cap
                                  "fashion_mnist", "--limit", "64", "--resolution", "32", "--batch-size", "8",
                                  "--out", str(out), "--csv", str(csv_path))
     assert code == 0, err
-    assert "49 layers, 18 metrics" in stdout and f"wrote {out}" in stdout
+    assert "49 layers, 19 metrics" in stdout and f"wrote {out}" in stdout
     record = json.loads(out.read_text())
     assert record["format"] == "zest-edge/metrics" and record["version"] == 1
     assert (record["model"], record["data"], record["resolution"], record["batch_size"]) == \
         ("efficientnet_lite0", "fashion_mnist", 32, 8)
     assert record["train_examples"] == 64 and record["num_classes"] == 10
-    assert sorted(record["metric_names"]) == sorted(METRICS) and len(record["metric_names"]) == 18
+    assert sorted(record["metric_names"]) == sorted(METRICS) and len(record["metric_names"]) == 19
     layers = record["layers"]
     assert len(layers) == 49 and layers[0]["name"] == "conv_stem" and layers[-1]["name"] == "conv_head"
     assert [l["index"] for l in layers] == list(range(49))

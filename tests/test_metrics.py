@@ -1,4 +1,4 @@
-"""The 18 zero-shot metrics against hand computations on tiny networks, and compute_metrics' side-effect freedom."""
+"""The 19 zero-shot metrics against hand computations on tiny networks, and compute_metrics' side-effect freedom."""
 import copy
 import math
 import warnings
@@ -15,12 +15,12 @@ from zest_edge.metrics.probe import data_pass
 from zest_edge.models import ModelSpec, attach_spec, build_model
 
 ALL = ["wt_avg", "wt_std", "wt_abs_avg", "wt_abs_std", "act_avg", "act_std", "act_abs_avg", "act_abs_std",
-       "grad_norm", "grad_avg", "grad_std", "grad_abs_avg", "grad_abs_std", "plain", "snip", "grasp", "fisher",
+       "grad_norm", "rgn", "grad_avg", "grad_std", "grad_abs_avg", "grad_abs_std", "plain", "snip", "grasp", "fisher",
        "synflow"]
 B, CLASSES = 8, 3
 
 
-def test_registry_holds_the_18_metrics():
+def test_registry_holds_the_19_metrics():
     assert sorted(METRICS) == sorted(ALL)
 
 
@@ -101,7 +101,9 @@ def expected_metrics(W, G, X, dX, HG, synflow):
         "wt_abs_avg": (W.abs().mean(), W.abs().mean()), "wt_abs_std": (W.abs().std(), W.abs().std()),
         "act_avg": (X.mean(), X.abs().mean()), "act_std": (X.std(), X.std()),
         "act_abs_avg": (X.abs().mean(), X.abs().mean()), "act_abs_std": (X.abs().std(), X.abs().std()),
-        "grad_norm": (G.pow(2).sum().sqrt(), G.pow(2).sum().sqrt()), "grad_avg": (G.mean(), G.abs().mean()),
+        "grad_norm": (G.pow(2).sum().sqrt(), G.pow(2).sum().sqrt()),
+        "rgn": (G.pow(2).sum().sqrt() / W.pow(2).sum().sqrt(), G.pow(2).sum().sqrt() / W.pow(2).sum().sqrt()),
+        "grad_avg": (G.mean(), G.abs().mean()),
         "grad_std": (G.std(), G.std()), "grad_abs_avg": (G.abs().mean(), G.abs().mean()),
         "grad_abs_std": (G.abs().std(), G.abs().std()),
         "plain": ((G * W).sum(), (G * W).abs().sum()), "snip": ((G * W).abs().sum(), (G * W).abs().sum()),

@@ -58,7 +58,7 @@ def rank_task(task: Task, *, top_k: int, predictor=None, metric: str | None = No
     """Rank the task's layers with the predictor (default: the shipped one) or a single metric."""
     model = task.model
     head = dict(model.named_modules())[model.zest_spec.head]
-    batch_size = batch_size or model.zest_spec.metric_batch          # None: the model's own (32 for most)
+    batch_size = model.zest_spec.metric_batch if batch_size is None else batch_size   # None: the model's own
     if metric:
         names, scorer, ranked_by = [metric.lstrip("-")], None, f"metric:{metric}"
     else:
@@ -82,7 +82,7 @@ def plot_ranking(record: dict, path) -> None:
     from . import plots
     layers = sorted(record["layers"], key=lambda l: l["index"])
     chosen = set(record["selected"])
-    fig, (ax,) = plots.figure(1, 1, width=max(6.4, 0.09 * len(layers) + 3), height=3.8)
+    fig, (ax,) = plots.figure(1, 1, width=max(6.4, 0.09 * len(layers) + 3) + 3, height=3.8)
     xs = [l["index"] for l in layers]
     ys = [l["score"] if l["score"] is not None else float("nan") for l in layers]
     ax.plot(xs, ys, "-", color=plots.color(7), linewidth=1, zorder=1)
@@ -90,9 +90,12 @@ def plot_ranking(record: dict, path) -> None:
     picked = [l for l in layers if l["name"] in chosen]
     ax.scatter([l["index"] for l in picked], [l["score"] for l in picked], s=60, facecolors="none",
                edgecolors=plots.color(3), linewidths=1.5, zorder=3, label=f"selected (top {len(picked)})")
-    for l in picked:
-        ax.annotate(f"{l['name']}\n{l['params']:,} params", (l["index"], l["score"]), fontsize=6,
-                    xytext=(3, 6), textcoords="offset points")
+    for l in picked:                                   # the rank at the point, the names in one box (no overlaps)
+        ax.annotate(str(l["rank"]), (l["index"], l["score"]), fontsize=7, xytext=(0, 7), textcoords="offset points",
+                    ha="center", color=plots.color(3))
+    listing = "\n".join(f"{l['rank']}. {l['name']} ({l['params']:,} params)" for l in sorted(picked, key=lambda l: l["rank"]))
+    ax.text(1.02, 1.0, listing, transform=ax.transAxes, fontsize=7, va="top", family="monospace",
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.8"})
     ax.set_xlabel("layer (execution order)")
     ax.set_ylabel(f"score ({record['ranked_by']})")
     ax.set_title(f"{record['model']} on {record['data']}: trainable {100 * record['trainable_share']:.1f}% "

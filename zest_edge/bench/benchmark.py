@@ -5,6 +5,8 @@
     zest@k          top k of rank_task with the predictor (the shipped default, or the config's `predictor`)
     random@k        k layers drawn at random (random.Random(seed), as `finetune --random-k`)
     best-metric@k   top k of rank_task(metric=<config metric>) — the best single zero-shot metric
+    rgn@k           top k by relative gradient norm ‖G‖/‖W‖ (the surgical fine-tuning baseline)
+    largest@k       the k layers with the most parameters
     last@k          the last k layers in execution order
     head-only       the head alone
     contribution@k  the k layers with the highest single-layer accuracy in a contribution sweep (config
@@ -31,8 +33,9 @@ from ..errors import ZestError
 
 FORMAT = "zest-edge/results"
 VERSION = 1
-METHODS = ("full", "zest", "random", "best-metric", "last", "head-only", "contribution", "lora", "lora-zest")
-K_METHODS = ("zest", "random", "best-metric", "last", "contribution", "lora-zest")
+METHODS = ("full", "zest", "random", "best-metric", "rgn", "largest", "last", "head-only", "contribution", "lora",
+           "lora-zest")
+K_METHODS = ("zest", "random", "best-metric", "rgn", "largest", "last", "contribution", "lora-zest")
 LORA_METHODS = ("lora", "lora-zest")          # LoRA (rank `lora_r`) on every layer / on zest@k's layers
 SETTINGS = {
     # what to train on
@@ -183,17 +186,17 @@ def select(method: str, k: int | None, seed: int, tasks: Tasks, cfg: dict, memo:
         return chosen.layers, {"method": method, "k": k, "sweep": cfg["contribution"]}
     if method == "lora":
         return None, {"method": "lora", "lora_r": int(cfg["lora_r"])}
-    if method in ("zest", "best-metric", "lora-zest"):
+    if method in ("zest", "best-metric", "rgn", "lora-zest"):
         from ..ranking import rank_task
         info = {"lora_r": int(cfg["lora_r"])} if method == "lora-zest" else {}
         method = "zest" if method == "lora-zest" else method        # the same ranking and layers as zest@k
-        metric = cfg["metric"] if method == "best-metric" else None
+        metric = {"best-metric": cfg["metric"], "rgn": "rgn"}.get(method)
         if (method, seed) not in memo:
             memo[method, seed] = rank_task(task, top_k=max(cfg["k"]), predictor=None if metric else cfg["predictor"],
                                            metric=metric, batch_size=int(cfg["rank_batch_size"]))
         chosen = select_layers(task, "ranking", ranking=memo[method, seed], k=k, flag=flag)
         return chosen.layers, {"method": method, "k": k, "ranked_by": memo[method, seed].get("ranked_by"), **info}
-    chosen = select_layers(task, method, k=k, seed=seed, flag=flag)       # full, head-only, random, last
+    chosen = select_layers(task, method, k=k, seed=seed, flag=flag)       # full, head-only, random, largest, last
     return chosen.layers, {**chosen.info, **({"seed": seed} if method == "random" else {})}
 
 
@@ -371,7 +374,7 @@ def results_table(record: dict) -> str:
 
 
 def plot_curves(record: dict, path) -> None:
-    from . import plots
+    from .. import plots
     lines = {m["method"]: (list(range(len(m["curve_mean"]))), m["curve_mean"], m["curve_std"])
              for m in record["methods"] if m.get("curve_mean")}
     fig, (ax,) = plots.figure(1, 1, width=7.5, height=4.8)

@@ -50,7 +50,7 @@ def metrics(batch_size, metric_names, out, csv_path, **task_args):
     from ..io import write_json
     task = load(**task_args)
     start = time.perf_counter()
-    batch_size = batch_size or task.model.zest_spec.metric_batch
+    batch_size = task.model.zest_spec.metric_batch if batch_size is None else batch_size
     record = metrics_record(task, batch_size=batch_size, metrics=metric_names.split(",") if metric_names else None)
     click.echo(metrics_table(record))
     if nonfinite_note(record):

@@ -1,4 +1,4 @@
-"""The 18 zero-shot metrics. W weight, G weight gradient, X output activation, dX its gradient."""
+"""The 19 zero-shot metrics. W weight, G weight gradient, X output activation, dX its gradient."""
 from .core import measure
 
 
@@ -36,6 +36,10 @@ def act_abs_std(t): return t.act.abs().std()
 
 @measure("grad_norm", needs="data")
 def grad_norm(t): return t.grad.norm()
+
+
+@measure("rgn", needs="data")
+def rgn(t): return t.grad.norm() / t.weight.norm()          # relative gradient norm (surgical fine-tuning's)
 
 
 @measure("grad_avg", needs="data")
