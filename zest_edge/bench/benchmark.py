@@ -24,7 +24,6 @@ epoch via finetune(resume=True).
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import time
 from pathlib import Path
@@ -374,12 +373,34 @@ def results_table(record: dict) -> str:
 
 
 def plot_curves(record: dict, path) -> None:
+    """The paper's Figure 3 shape: one panel per k; full fine-tuning in black and head-only in grey in every panel,
+    ZEST@k solid, the baselines at that k dashed, no colour used twice within a panel."""
     from .. import plots
-    lines = {m["method"]: (list(range(len(m["curve_mean"]))), m["curve_mean"], m["curve_std"])
-             for m in record["methods"] if m.get("curve_mean")}
-    fig, (ax,) = plots.figure(1, 1, width=7.5, height=4.8)
-    plots.curves(ax, lines, xlabel="epoch", ylabel="validation accuracy",
-                 title=f"{record['model']} on {record['data']}: val accuracy per epoch (mean over seeds)")
-    if lines and all(not math.isnan(v) for _, ys, _ in lines.values() for v in ys):
-        ax.set_xticks(range(max(len(xs) for xs, _, _ in lines.values())))
+    methods = [m for m in record["methods"] if m.get("curve_mean")]
+    ks = sorted({int(m["method"].rpartition("@")[2]) for m in methods if "@" in m["method"]})
+    fig, axes = plots.figure(1, max(len(ks), 1), width=4.6, height=3.8)
+    for ax, k in zip(axes, ks or [None]):
+        shown = [m for m in methods if "@" not in m["method"] or m["method"].endswith(f"@{k}")]
+        for i, m in enumerate(shown):
+            name, xs = m["method"], list(range(len(m["curve_mean"])))
+            if name == "full":
+                style = ("black", "-")
+            elif name == "head-only":
+                style = ("0.55", ":")
+            elif name.startswith("zest@"):
+                style = (plots.color(0), "-")
+            else:
+                style = (plots.color(i + 1), "--")
+            ax.plot(xs, m["curve_mean"], style[1], color=style[0], marker="o", markersize=3, label=name,
+                    linewidth=2.0 if name.startswith("zest@") else 1.2)
+            lo = [y - s for y, s in zip(m["curve_mean"], m["curve_std"])]
+            hi = [y + s for y, s in zip(m["curve_mean"], m["curve_std"])]
+            ax.fill_between(xs, lo, hi, color=style[0], alpha=0.08)
+        ax.set_title(f"k = {k}" if k else "")
+        ax.set_xticks(range(max(len(m["curve_mean"]) for m in shown)))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("validation accuracy (mean over seeds)")
+    fig.suptitle(f"{record['model']} on {record['data']}")
     plots.save(fig, path)
