@@ -22,6 +22,7 @@ def report() -> dict:
         info["onnx"] = f"{onnx.__version__} (IR {onnx.IR_VERSION})"
     except ImportError:
         info["onnx"] = "missing"
+    info.update(executorch_report())
     info.update(weights_report())
     try:
         import tensorrt
@@ -29,6 +30,17 @@ def report() -> dict:
     except ImportError:
         info["tensorrt"] = "not installed (engine builds unavailable)"
     return info
+
+
+def executorch_report() -> dict:
+    """ExecuTorch's version and whether its training runtime (the native bindings device-train uses) loads."""
+    from .errors import ZestError
+    from .executorch_runner import runtime
+    try:
+        version = runtime()[0]
+    except ZestError as e:
+        return {"executorch": f"unusable: {e}"}
+    return {"executorch": version, "executorch training runtime": "loads (forward_backward, SGD from zest-edge)"}
 
 
 def weights_report() -> dict:

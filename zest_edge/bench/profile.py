@@ -13,7 +13,8 @@ head); `lora+zest@k` (LoRA on zest@k's layers only, backprop cut at the earliest
 Backends: `torch` (the sparse engine; the frozen prefix runs every step under no_grad); `ort` (the exported split
 artifacts: prefix.onnx inference, then the suffix's training step — a device's first epoch); `ort-cached` (the
 suffix's training step on the prefix output computed once — a device's later epochs; listed for configurations
-that have a prefix). What a step is and how its bound is measured: zest_edge.bench.step.
+that have a prefix); `executorch` and `executorch-cached`, the same with the ExecuTorch programs (SGD only; no
+full fine-tuning, so its rows have no ratio to full). What a step is and how its bound is measured: zest_edge.bench.step.
 
 How numbers survive a noisy machine: every (backend, configuration) lives in its own worker process
 (zest_edge.bench.isolation), started one after another, each measuring its own peak memory while the others sit
@@ -38,7 +39,7 @@ FORMAT = "zest-edge/profile"
 VERSION = 2
 CONFIG_KINDS = ("full", "zest", "last", "head", "lora", "lora-zest")
 DEFAULT_CONFIGS = ("full", "zest", "last", "head")
-BACKENDS = ("torch", "ort")
+BACKENDS = ("torch", "ort", "executorch")
 OPTIMIZERS = ("adamw", "sgd")
 BOOTSTRAP = 2000
 
@@ -95,25 +96,32 @@ def layer_order(model, model_name: str, *, layers=None, ranking=None, data=None,
     return [], None, {"source": None}
 
 
-def export_for_ort(model, layers, path: Path, batch_size: int, optimizer: str, lr: float) -> dict | None:
-    """ORT training artifacts (split at the prefix) into `path`; None on success, else an {"error": ...} record."""
-    from ..export.artifacts import export_artifacts
+def export_for(backend: str, model, layers, path: Path, batch_size: int, optimizer: str, lr: float) -> dict | None:
+    """ORT training artifacts or ExecuTorch programs (split at the prefix) into `path`; None on success, else an
+    {"error": ...} record."""
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            export_artifacts(model, layers, path, batch_size=batch_size, optimizer=optimizer, lr=lr)
+            if backend == "executorch":
+                from ..export.executorch import export_executorch
+                export_executorch(model, layers, path, batch_size=batch_size, optimizer=optimizer, lr=lr)
+            else:
+                from ..export.artifacts import export_artifacts
+                export_artifacts(model, layers, path, batch_size=batch_size, optimizer=optimizer, lr=lr)
     except ZestError as e:
-        return {"error": f"ort export: {e}"}
+        return {"error": f"{backend} export: {e}"}
     return None
 
 
 def measurements(plan: list[dict], backends: list[str]) -> list[dict]:
-    """(backend, configuration) pairs in table order; ORT configurations with a prefix also get "ort-cached"."""
+    """(backend, configuration) pairs in table order; exported configurations (ORT, ExecuTorch) with a prefix also get
+    "<backend>-cached"."""
     jobs = []
     for backend in backends:
+        exported = backend in ("ort", "executorch")
         for config in plan:
-            jobs.append({**config, "backend": backend, "mode": "split" if backend == "ort" else None})
-            if backend == "ort" and config["kind"] != "full":
-                jobs.append({**config, "backend": "ort-cached", "mode": "cached"})
+            jobs.append({**config, "backend": backend, "mode": "split" if exported else None})
+            if exported and config["kind"] != "full":
+                jobs.append({**config, "backend": f"{backend}-cached", "mode": "cached"})
     return jobs
 
 
@@ -147,7 +155,7 @@ def add_ratios(records: list[dict]) -> None:
     """speedup_vs_full (with its 95% interval) and mem_ratio_vs_full against the same runtime's full fine-tuning
     (ort-cached compares with ort's full step, which has no prefix to cache)."""
     full = {r["backend"]: r for r in records if r["kind"] == "full" and "error" not in r}
-    full["ort-cached"] = full.get("ort")
+    full["ort-cached"], full["executorch-cached"] = full.get("ort"), full.get("executorch")
     for r in records:
         f = full.get(r["backend"])
         ok = f is not None and "error" not in r
@@ -174,6 +182,8 @@ def check_args(backends, kinds, optimizer, device, steps, warmup, batch_size, ks
         raise ZestError("--device cuda: torch sees no CUDA device here")
     if device == "cuda" and "ort" in backends:
         raise ZestError("--backends ort runs on the CPU only: ONNX Runtime's training build here has no CUDA provider")
+    if device == "cuda" and "executorch" in backends:
+        raise ZestError("--backends executorch runs on the CPU only (ExecuTorch's portable CPU kernels)")
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise ZestError("--steps must be >= 1, --warmup >= 0 and --batch-size >= 1")
     if not ks or ks[0] < 1:
@@ -217,11 +227,12 @@ def profile(model_name: str, *, out, batch_size: int = 32, resolution: int | Non
         for job in tqdm(jobs, desc="building", unit="config", disable=not progress):
             cfg = {**base, "backend": job["backend"].split("-")[0], "mode": job["mode"], "layers": job["layers"],
                    "lora": job["lora"]}
-            failed, artifacts = None, Path(tmp) / f"ort-{job['name']}"       # shared by ort and ort-cached
-            if job["backend"] == "ort":
-                failed = export_for_ort(model, job["layers"], artifacts, batch_size, optimizer, lr)
-            elif job["backend"] == "ort-cached" and not (artifacts / "manifest.json").exists():
-                failed = {"error": "ort export failed (see the ort row)"}
+            base = cfg["backend"]
+            failed, artifacts = None, Path(tmp) / f"{base}-{job['name']}"       # shared by X and X-cached
+            if job["mode"] == "split":
+                failed = export_for(base, model, job["layers"], artifacts, batch_size, optimizer, lr)
+            elif job["mode"] == "cached" and not (artifacts / "manifest.json").exists():
+                failed = {"error": f"{base} export failed (see the {base} row)"}
             if job["mode"]:
                 cfg["artifacts"] = str(artifacts)
             worker = None if failed else Worker(cfg, timeout)

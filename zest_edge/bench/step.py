@@ -14,6 +14,9 @@ step and its bound see the same load on a shared machine.
   baseline — what a device does once the prefix cache is full. ORT cannot time backward apart from forward, so its
   backward is estimated as (training call − eval-model call); the forward-only parts are InferenceSessions on
   prefix.onnx and on the suffix's inference graph (`Module.export_model_for_inferencing`). Bound = those forward-only times + the estimated backward.
+- `ExecutorchStep`, modes as ORT's: prefix.pte, then training.pte's forward_backward and the SGD update
+  (`zest_edge.executorch_runner`). Its backward cannot be timed apart and it has no eval program to estimate it
+  from, so its bound is the forward-only time alone (inference.pte; minus prefix.pte when cached): a weaker bound.
 """
 import json
 import time
@@ -220,4 +223,63 @@ class OrtStep:
                 "prefix_calls": calls}
 
 
-STEPS = {"torch": TorchStep, "ort": OrtStep}
+class ExecutorchStep:
+    def __init__(self, cfg: dict):
+        from ..executorch_runner import Trainer, load_program, program_runner, runtime
+        art = Path(cfg["artifacts"])
+        manifest = json.loads((art / "manifest.json").read_text())
+        self.mode, self.lr, batch = cfg["mode"], cfg["lr"], manifest["programs"]["batch"]
+        if cfg.get("threads"):
+            runtime()
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+            _unsafe_reset_threadpool(int(cfg["threads"]))
+        model = build_model(cfg)
+        xt, yt = synthetic_batch(model, cfg["batch_size"], cfg["num_classes"], cfg.get("seed", 0))
+        self.x, self.y, self.xt = xt.numpy(), yt.numpy(), xt
+        prefix = manifest.get("prefix")
+        self.prefix_program = program_runner(art / prefix["file"], batch) if prefix else None
+        self.boundary = self.prefix_program(self.x) if prefix else [self.x]
+        self.prefix = self.prefix_program if self.mode == "split" else None
+        mem = PeakMemory("cpu")
+        mem.start()
+        self.trainer = Trainer(art / "training.pte", manifest)
+        setup_mb = mem.peak_mb()
+        for _ in range(max(cfg["warmup"], 1)):
+            self.train_step()
+        self.memory = {"peak_mem_mb": mem.peak_mb(), "setup_mem_mb": setup_mb, "memory_method": mem.method}
+        mem.stop()
+        self.inference = load_program(art / "inference.pte")
+        params = self.trainer.params()
+        self.params = tuple(params["net." + n] for n in manifest["programs"]["inference"]["inputs"][1:])
+        timed(self.inference_forward), timed(self.prefix_forward)       # first calls: untimed
+        sm = sparsify(model, cfg["layers"])
+        self.info = {"saved_bytes_mb": saved_tensor_bytes(sm, xt) / 2**20,
+                     "trainable_params": int(manifest["trainable_params"]), "total_params": int(manifest["total_params"]),
+                     "optimizer_backend": "executorch-program + zest-edge sgd", "threads": cfg.get("threads"),
+                     "prefix_stages": prefix["stages"] if prefix else 0}
+
+    def train_step(self) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        inputs = self.prefix(self.x) if self.prefix is not None else self.boundary
+        t1 = time.perf_counter()
+        self.trainer.forward_backward(inputs, self.y)
+        t2 = time.perf_counter()
+        self.trainer.step(self.lr)
+        return (t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3
+
+    def inference_forward(self):
+        self.inference.forward((self.xt, *self.params))
+
+    def prefix_forward(self):
+        if self.prefix_program is not None:
+            self.prefix_program(self.x)
+
+    def step(self) -> dict:
+        p, fb, u = self.train_step()
+        whole, prefix = timed(self.inference_forward), timed(self.prefix_forward)
+        forward_only = whole - (prefix if self.mode == "cached" else 0.0)
+        return {"step_ms": p + fb + u, "bound_ms": forward_only, "prefix_ms": p, "forward_backward_ms": fb,
+                "update_ms": u, "forward_only_ms": forward_only}
+
+
+STEPS = {"torch": TorchStep, "ort": OrtStep, "executorch": ExecutorchStep}

@@ -17,10 +17,11 @@ from .graph import OPSET, fold_small_constants
 from .manifest import INPUT_NAME, OUTPUT_NAME
 
 
-def static_same_padding(model: nn.Module, example: torch.Tensor) -> int:
+def static_same_padding(model: nn.Module, example: torch.Tensor, pad=None) -> int:
     """Give timm's dynamic 'SAME'-padding convs (Conv2dSame) the constant padding of the fixed input size, so the
     exported graph has a plain Pad instead of a Shape/Ceil/Max chain that shape inference cannot follow. The
-    module keeps its parameters (and names); only its forward changes. `model` must be a private copy."""
+    module keeps its parameters (and names); only its forward changes. `model` must be a private copy.
+    `pad(x, pads)` pads (default torch.nn.functional.pad)."""
     try:
         from timm.layers.conv2d_same import Conv2dSame
         from timm.layers.padding import pad_same_arg
@@ -42,9 +43,9 @@ def static_same_padding(model: nn.Module, example: torch.Tensor) -> int:
         pads = [int(v) for v in pad_same_arg(list(sizes[name]), list(m.weight.shape[-2:]), list(m.stride),
                                              list(m.dilation))]
 
-        def forward(self, x, pads=pads):
-            return torch.nn.functional.conv2d(torch.nn.functional.pad(x, pads), self.weight, self.bias, self.stride,
-                                              0, self.dilation, self.groups)
+        def forward(self, x, pads=pads, pad=pad or torch.nn.functional.pad):
+            return torch.nn.functional.conv2d(pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation,
+                                              self.groups)
         m.forward = forward.__get__(m)
     return len(sizes)
 
