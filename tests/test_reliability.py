@@ -132,6 +132,9 @@ def test_a_failing_force_run_keeps_the_old_run_and_leaves_nothing(finished, tmp_
                             "--out", str(finished))
     one_line_error(code, err, "training diverged", "lower --lr")
     assert snapshot(finished) == before and leftovers(finished.parent) == []
+    code, _, err = run_main(monkeypatch, capsys, *TRAIN, "--epochs", "2", "--lr", "1e38", "--out", str(tmp_path / "new"))
+    one_line_error(code, err, "training diverged")
+    assert list(tmp_path.iterdir()) == []         # a fresh run that failed before its first epoch leaves no folder
 
 
 def test_device_train_force_fails_on_a_full_disk_and_keeps_the_old_run(device_run, monkeypatch, capsys):
@@ -185,7 +188,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path):
 
 # 3. non-finite numbers: named errors, strict JSON ---------------------------------------------------------------
 
-@pytest.mark.parametrize("lr", ["inf", "nan", "-inf"])
+@pytest.mark.parametrize("lr", ["inf", "nan"])
 @pytest.mark.parametrize("command", ["finetune", "export", "device-train", "contrib"])
 def test_a_non_finite_lr_is_refused_everywhere(command, lr, art, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
@@ -239,7 +242,7 @@ def test_non_finite_metrics_are_null_with_a_per_layer_note(tmp_path, monkeypatch
 def test_device_training_whose_loss_diverges_stops_with_one_line(art, tmp_path, monkeypatch, capsys):
     code, _, err = device(monkeypatch, capsys, art, tmp_path / "dev", "--lr", "1e38")
     one_line_error(code, err, "training diverged", "lower --lr")
-    assert not (tmp_path / "dev" / "metrics.json").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 # 4. a full disk: one line naming the path and the cause, no temporary files -------------------------------------
@@ -288,7 +291,7 @@ def test_a_full_disk_under_the_prefix_cache_is_one_line_not_a_crash(art, tmp_pat
     out = tmp_path / "dev"
     code, _, err = device(monkeypatch, capsys, art, out, "--cache-mb", "0")         # the cache goes to disk
     one_line_error(code, err, f"cannot write {out / '.prefix-cache' / 'train' / '0.npy'}", "No space left on device")
-    assert leftovers(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []                   # the run folder it made, holding nothing resumable, went
 
 
 # 5. config and file schemas -------------------------------------------------------------------------------------

@@ -238,7 +238,8 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
     # only now is the folder made: a refused run leaves none behind. --force over an earlier run builds the new one
     # beside it (with the files that are not a device run's) and swaps it in when it has finished.
     replace = prior is None and out.is_dir() and any(out.iterdir())
-    with output_dir(out, replace=replace, keep=lambda entry: not _owned(entry)) as target:
+    with output_dir(out, replace=replace, keep=lambda entry: not _owned(entry),
+                    resumable=lambda d: (d / PROGRESS).exists()) as target:
         progress = {"format": "zest-edge/device-progress", **settings, "epochs": records,
                     "shuffle": "numpy default_rng([seed, epoch]).permutation; ort.set_seed(seed * 100003 + epoch)"}
         budget = [cache_mb]

@@ -238,15 +238,21 @@ def atomic_dir(out, force: bool = False, keep=None):
 
 
 @contextlib.contextmanager
-def output_dir(out, *, replace: bool, keep=None):
+def output_dir(out, *, replace: bool, keep=None, resumable=None):
     """The folder a run writes into: with `replace` (a --force over a non-empty `out`) a temporary sibling that
     replaces `out` only once the run has succeeded (atomic_dir); otherwise `out` itself, created on entry (a killed
-    run there stays resumable)."""
+    run there stays resumable). A run that fails in a folder it created, before `resumable(out)` holds, removes it."""
     out = Path(out)
     if replace and out.exists() and any(out.iterdir()):
         with atomic_dir(out, force=True, keep=keep) as tmp:
             yield tmp
-    else:
-        with writing(out):
-            out.mkdir(parents=True, exist_ok=True)
+        return
+    created = not out.exists()
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    try:
         yield out
+    except BaseException:
+        if created and resumable is not None and not resumable(out):
+            _remove(out)
+        raise

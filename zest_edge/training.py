@@ -221,7 +221,7 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
         opt.load_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("opt/")})
         torch.set_rng_state(tensors["rng/torch"])
         records = read_record(out / "metrics.json", RunFile)[0]["epochs"][:start_epoch]
-    with output_dir(out, replace=replace) as target:
+    with output_dir(out, replace=replace, resumable=lambda d: (d / "trained.safetensors").exists()) as target:
         write_json(target / "config.json", config)
         train_epochs(task, sm, opt, schedule, target, records, start_epoch, progress)
     return read_json(out / "metrics.json", "run")
