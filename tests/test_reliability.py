@@ -310,6 +310,14 @@ def test_contrib_config_types_are_checked(setting, fragments, tmp_path, monkeypa
     assert not (tmp_path / "s").exists()
 
 
+def test_benchmark_config_types_are_checked(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("model: resnet18\ndata: fashion_mnist\nepochs: three\nk: [1, 2]\n")
+    code, _, err = run_main(monkeypatch, capsys, "benchmark", "--config", str(cfg), "--out", str(tmp_path / "b"))
+    one_line_error(code, err, f"{cfg}: epochs must be an integer, got 'three'")
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("command", [["finetune", "--epochs", "1"], ["export"]])
 def test_a_ranking_without_layers_is_refused(command, tmp_path, monkeypatch, capsys):
     ranking = tmp_path / "r.json"

@@ -36,26 +36,54 @@ METHODS = ("full", "zest", "random", "best-metric", "rgn", "largest", "last", "h
            "lora-zest")
 K_METHODS = ("zest", "random", "best-metric", "rgn", "largest", "last", "contribution", "lora-zest")
 LORA_METHODS = ("lora", "lora-zest")          # LoRA (rank `lora_r`) on every layer / on zest@k's layers
-SETTINGS = {
+
+
+@dataclasses.dataclass
+class BenchmarkConfig:
+    """A benchmark YAML: its types are checked by zest_edge.schema, unknown settings refused."""
     # what to train on
-    "name": None, "model": None, "weights": None, "data": None, "data_root": None, "limit": None, "val_limit": None,
-    "resolution": None, "max_length": None,
+    name: str | None = None
+    model: str | None = None
+    weights: str | None = None
+    data: str | None = None
+    data_root: str | None = None
+    limit: int | None = None
+    val_limit: int | None = None
+    resolution: int | None = None
+    max_length: int | None = None
     # how (one Schedule for every method)
-    "epochs": 3, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "batch_size": 32,
-    "bn": "frozen", "cache": True, "cache_limit_mb": 4096, "backend": "auto", "threads": None,
+    epochs: int = 3
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    bn: str = "frozen"
+    cache: bool = True
+    cache_limit_mb: int = 4096
+    backend: str = "auto"
+    threads: int | None = None
     # what to compare
-    "seeds": [0], "k": [3, 5, 10], "methods": list(METHODS), "metric": None, "predictor": None,
-    "contribution": None, "rank_batch_size": 32, "lora_r": 8,
+    seeds: int | list[int] = dataclasses.field(default_factory=lambda: [0])
+    k: int | list[int] = dataclasses.field(default_factory=lambda: [3, 5, 10])
+    methods: str | list[str] = dataclasses.field(default_factory=lambda: list(METHODS))
+    metric: str | None = None
+    predictor: str | None = None
+    contribution: str | None = None
+    rank_batch_size: int = 32
+    lora_r: int = 8
     # free text
-    "heldout_note": None, "notes": None, "sizing": None,
-}
+    heldout_note: str | None = None
+    notes: str | None = None
+    sizing: str | None = None
 
 
 def load_benchmark_config(path) -> dict:
     """The YAML config with defaults filled in and every value checked."""
     from ..config import load_config
+    from ..schema import parse
     path = Path(path)
-    cfg = {**SETTINGS, **load_config(path, set(SETTINGS))}
+    cfg = dataclasses.asdict(parse(BenchmarkConfig, load_config(path, None), str(path), unknown="refuse"))
     for key in ("model", "data"):
         if not cfg[key]:
             raise ZestError(f"{path}: `{key}` is required")
