@@ -7,5 +7,4 @@
     machine.py         what the numbers ran on
     benchmark.py       accuracy of ZEST@k against full fine-tuning and the baselines
     predictor_eval.py  held-out Kendall τ of the predictor against single metrics
-    plots.py           matplotlib helpers (Agg canvas, atomic PNG writes)
 """

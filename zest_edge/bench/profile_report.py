@@ -52,7 +52,7 @@ def profile_table(record: dict) -> str:
 
 
 def plot_profile(record: dict, path) -> None:
-    from . import plots
+    from .. import plots
     configs = list(dict.fromkeys(r["config"] for r in record["records"]))
     fig, (lat, mem) = plots.figure(1, 2, width=max(5.0, 0.9 * len(configs) + 2), height=4.0)
     series_lat, series_mem = {}, {}

@@ -1,7 +1,7 @@
 """Shared matplotlib helpers: figures on the Agg canvas (no pyplot, no global backend switch), written atomically."""
 import io
 
-from ..io import atomic_write_bytes
+from .io import atomic_write_bytes
 
 COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
           "#64B5CD")
