@@ -59,7 +59,8 @@ def profile(model_name, num_classes, weights, batch_size, resolution, top_k, lay
 @click.option("--resume", is_flag=True, help="Skip finished runs, continue an interrupted one.")
 def benchmark(config_path, out, resume):
     """Fine-tune every method of a config (full, ZEST@k, baselines) and compare val accuracy and step time."""
-    from ..bench.benchmark import benchmark as run, results_table
+    from ..bench.benchmark import benchmark as run
+    from ..bench.benchmark_report import results_table
     record = run(config_path, out, resume=resume)
     click.echo(results_table(record))
     click.echo(f"wrote {out}/results.json, results.md, curves.png ({record['seconds']:.0f} s)")
