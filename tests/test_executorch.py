@@ -30,7 +30,8 @@ BATCH, EPOCHS = 10, 2
 
 @pytest.fixture(scope="module", params=sorted(LAYERS))
 def trained(request, tmp_path_factory):
-    """(task, layers, artifacts, metrics, run folder): an export and a 2-epoch device run (24 examples: batches of 10, 10, 4)."""
+    """(task, layers, artifacts, metrics, run folder): an export and a 2-epoch device run (24 examples: batches of
+    10, 10 and 4, the last one padded)."""
     name = request.param
     task = ze.load_task(name, "fashion_mnist", resolution=32, limit=24, val_limit=12, seed=0)
     folder = tmp_path_factory.mktemp(name)
@@ -126,5 +127,6 @@ def test_export_refuses_adamw_full_fine_tuning_and_tensorrt(monkeypatch, capsys,
     one_line_error(*run_main(monkeypatch, capsys, *common, "--top-k", "2", "--optimizer", "adamw")[::2],
                    "SGD only", "--optimizer sgd")
     one_line_error(*run_main(monkeypatch, capsys, *common, "--full")[::2], "full fine-tuning")
-    one_line_error(*run_main(monkeypatch, capsys, *common, "--top-k", "2", "--format", "tensorrt")[::2], "--backend ort")
+    one_line_error(*run_main(monkeypatch, capsys, *common, "--top-k", "2", "--format", "tensorrt")[::2],
+                   "--backend ort")
     assert not (tmp_path / "a").exists()

@@ -212,7 +212,8 @@ def train_executorch(art: Path, manifest: dict, dataset_train, dataset_val, out:
                 "training_model_sha256": manifest["sha256"]["training.pte"], "batch_size": batch_size, "seed": seed,
                 "lr": lr}
     if prior is not None:
-        changed = [k for k in ("model", "training_model_sha256", "batch_size", "seed", "lr") if prior.get(k) != settings[k]]
+        changed = [k for k in ("model", "training_model_sha256", "batch_size", "seed", "lr")
+                   if prior.get(k) != settings[k]]
         if changed:
             k = changed[0]
             if k == "training_model_sha256":

@@ -227,12 +227,12 @@ def profile(model_name: str, *, out, batch_size: int = 32, resolution: int | Non
         for job in tqdm(jobs, desc="building", unit="config", disable=not progress):
             cfg = {**base, "backend": job["backend"].split("-")[0], "mode": job["mode"], "layers": job["layers"],
                    "lora": job["lora"]}
-            base = cfg["backend"]
-            failed, artifacts = None, Path(tmp) / f"{base}-{job['name']}"       # shared by X and X-cached
+            runtime = cfg["backend"]
+            failed, artifacts = None, Path(tmp) / f"{runtime}-{job['name']}"       # shared by X and X-cached
             if job["mode"] == "split":
-                failed = export_for(base, model, job["layers"], artifacts, batch_size, optimizer, lr)
+                failed = export_for(runtime, model, job["layers"], artifacts, batch_size, optimizer, lr)
             elif job["mode"] == "cached" and not (artifacts / "manifest.json").exists():
-                failed = {"error": f"{base} export failed (see the {base} row)"}
+                failed = {"error": f"{runtime} export failed (see the {runtime} row)"}
             if job["mode"]:
                 cfg["artifacts"] = str(artifacts)
             worker = None if failed else Worker(cfg, timeout)

@@ -83,8 +83,8 @@ def export(top_k, ranking, predictor, metric, layers, random_k, full, backend, o
     click.echo(", ".join(f"{name} {human_size(size)}" for name, size in files.items()))
     if manifest["prefix"]:
         boundary = ", ".join(f"{b['name']} {b['shape'][1:]}" for b in manifest["prefix"]["boundary"])
-        click.echo(f"frozen prefix: {manifest['prefix']['stages']} stages in {manifest['prefix']['file']} (run once per example on "
-                   f"device, then cached); training starts at {boundary}")
+        click.echo(f"frozen prefix: {manifest['prefix']['stages']} stages in {manifest['prefix']['file']} (run once "
+                   f"per example on device, then cached); training starts at {boundary}")
     click.echo(f"wrote {out}/ in {manifest['export_seconds']:.1f} s (manifest.json describes it)")
 
 
