@@ -1,6 +1,7 @@
 """The ExecuTorch backend: SGD parity with torch.optim.SGD (parameters and their deltas), the trained inference
 program against PyTorch, resume after an interrupt, and the export's one-line refusals."""
 import copy
+import sys
 
 import numpy as np
 import pytest
@@ -130,3 +131,12 @@ def test_export_refuses_adamw_full_fine_tuning_and_tensorrt(monkeypatch, capsys,
     one_line_error(*run_main(monkeypatch, capsys, *common, "--top-k", "2", "--format", "tensorrt")[::2],
                    "--backend ort")
     assert not (tmp_path / "a").exists()
+
+
+def test_an_executorch_that_does_not_import_is_one_line_naming_the_fix(monkeypatch, capsys, tmp_path):
+    from zest_edge.doctor import executorch_report
+    monkeypatch.setitem(sys.modules, "executorch.version", None)          # as if the package were missing
+    code, _, err = run_main(monkeypatch, capsys, "export", "--model", "mobilenet_v2", "--data", "fashion_mnist",
+                            "--top-k", "2", "--backend", "executorch", "--out", str(tmp_path / "a"))
+    one_line_error(code, err, "pip install executorch==1.5.1")
+    assert "pip install executorch==1.5.1" in executorch_report()["executorch"]

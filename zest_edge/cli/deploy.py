@@ -32,12 +32,15 @@ def export(top_k, ranking, predictor, metric, layers, random_k, full, backend, o
     from ..export import export_artifacts
     from ..io import refuse_nonempty
     optimizer = optimizer or ("sgd" if backend == "executorch" else "adamw")
+    if momentum and optimizer != "sgd":
+        raise ZestError("--momentum applies to --optimizer sgd")
     if backend == "executorch":
-        from ..export.executorch import check_args, export_executorch
+        from ..export.executorch import check_args, export_executorch, import_exir
         if fmt != "onnx":
             raise ZestError("--format tensorrt builds from inference.onnx: use it with --backend ort")
         check_args(None if full else [], optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
                    batch_size=batch_size, bn="frozen")
+        import_exir()                           # fail before the slow part when ExecuTorch cannot run here
     if fp16 and fmt != "tensorrt":
         raise ZestError("--fp16 applies to --format tensorrt")
     if batch_size < 1:
