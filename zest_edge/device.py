@@ -23,15 +23,13 @@ from typing import ClassVar
 import numpy as np
 
 from .errors import ZestError, first_line
+from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, run_metrics
 from .export.manifest import OUTPUT_NAME, read_manifest
 from .io import atomic_write_bytes, output_dir, sha256, write_json, writing
 from .prefix_cache import TrainingInputs, default_cache_mb
 from .schema import read_record
 
-PROGRESS = "progress.json"
-METRICS = "metrics.json"
 INFERENCE = "model_inference.onnx"
-CHECKPOINT_PREFIX = "checkpoint.epoch"
 
 
 def _session_options():
@@ -216,13 +214,7 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
                 "training_model_sha256": (manifest.get("sha256") or {}).get("training_model.onnx"),
                 "batch_size": batch_size, "seed": seed, "lr": lr}
     if prior is not None:
-        changed = [k for k in ("model", "training_model_sha256", "batch_size", "seed", "lr")
-                   if prior.get(k) != settings[k]]
-        if changed:
-            k = changed[0]
-            if k == "training_model_sha256":
-                raise ZestError(f"cannot resume {out}: it was run from other artifacts (a different export)")
-            raise ZestError(f"cannot resume {out}: it was run with {k}={prior.get(k)!r}, now {settings[k]!r}")
+        check_resume(out, prior, settings)
         state = load_checkpoint(out / prior["checkpoint"], prior.get("sha256"))
         start_epoch, records = int(prior["epoch"]), list(prior.get("epochs", []))
     else:
@@ -293,24 +285,9 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
 
         export_inference(module, art, manifest, target / INFERENCE)
         inference_acc = evaluate_onnx(target / INFERENCE, dataset_val, batch_size)
-        steps = [r["mean_step_ms"] for r in records]
-        metrics = {
-            "format": "zest-edge/device-run", "version": 1,
-            "model": manifest["model"], "artifacts": str(art.resolve()), "selection": manifest.get("selection"),
-            "selected_layers": [layer["name"] for layer in manifest.get("selected_layers", [])],
-            "trainable_params": manifest["trainable_params"],
-            "optimizer": {**manifest["optimizer"], "lr": lr}, "batch_size": batch_size, "seed": seed,
-            "epochs": records,
-            "train_loss": [r["train_loss"] for r in records],
-            "val_accuracy": [r["val_accuracy"] for r in records],
-            "epoch_seconds": [r["epoch_seconds"] for r in records],
-            "mean_step_ms": float(np.mean(steps)) if steps else None,
-            "final_val_accuracy": records[-1]["val_accuracy"] if records else None,
-            "inference_model": INFERENCE, "inference_val_accuracy": inference_acc,
-            "resumed_from_epoch": start_epoch if prior is not None else None,
-            "prefix": inputs["train"].describe(),
-            "runtime": "onnxruntime.training.api " + ort.__version__,
-        }
+        metrics = run_metrics(manifest, settings, records, resumed_from=start_epoch if prior is not None else None,
+                              inference=INFERENCE, inference_acc=inference_acc, prefix=inputs["train"].describe(),
+                              runtime="onnxruntime.training.api " + ort.__version__)
         write_json(target / METRICS, metrics)
         return metrics
 

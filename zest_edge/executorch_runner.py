@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, run_metrics
 from .errors import ZestError, first_line
 from .io import atomic_write_bytes, output_dir, sha256, write_json
 from .prefix_cache import TrainingInputs
@@ -29,8 +30,6 @@ from .prefix_cache import TrainingInputs
 PIN = "executorch==1.5.1"
 TRAINED = "trained.safetensors"
 INFERENCE = "model_inference.pte"
-CHECKPOINT_PREFIX = "checkpoint.epoch"
-PROGRESS = "progress.json"
 
 
 def runtime():
@@ -212,13 +211,7 @@ def train_executorch(art: Path, manifest: dict, dataset_train, dataset_val, out:
                 "training_model_sha256": manifest["sha256"]["training.pte"], "batch_size": batch_size, "seed": seed,
                 "lr": lr}
     if prior is not None:
-        changed = [k for k in ("model", "training_model_sha256", "batch_size", "seed", "lr")
-                   if prior.get(k) != settings[k]]
-        if changed:
-            k = changed[0]
-            if k == "training_model_sha256":
-                raise ZestError(f"cannot resume {out}: it was run from other artifacts (a different export)")
-            raise ZestError(f"cannot resume {out}: it was run with {k}={prior.get(k)!r}, now {settings[k]!r}")
+        check_resume(out, prior, settings)
         saved = read_checkpoint(out / prior["checkpoint"], prior.get("sha256"))
         start_epoch, records = int(prior["epoch"]), list(prior.get("epochs", []))
     else:
@@ -283,25 +276,10 @@ def train_executorch(art: Path, manifest: dict, dataset_train, dataset_val, out:
         trained = save_trained(target, trainer, manifest)
         atomic_write_bytes(target / INFERENCE, _read(art / "inference.pte"))
         inference_acc = evaluate_inference(target / INFERENCE, trained, manifest, dataset_val, batch_size)
-        steps = [r["mean_step_ms"] for r in records]
-        metrics = {
-            "format": "zest-edge/device-run", "version": 1,
-            "model": manifest["model"], "artifacts": str(art.resolve()), "selection": manifest.get("selection"),
-            "selected_layers": [layer["name"] for layer in manifest.get("selected_layers", [])],
-            "trainable_params": manifest["trainable_params"],
-            "optimizer": {**manifest["optimizer"], "lr": lr}, "batch_size": batch_size, "seed": seed,
-            "epochs": records,
-            "train_loss": [r["train_loss"] for r in records],
-            "val_accuracy": [r["val_accuracy"] for r in records],
-            "epoch_seconds": [r["epoch_seconds"] for r in records],
-            "mean_step_ms": float(np.mean(steps)) if steps else None,
-            "final_val_accuracy": records[-1]["val_accuracy"] if records else None,
-            "inference_model": INFERENCE, "inference_weights": TRAINED, "inference_val_accuracy": inference_acc,
-            "resumed_from_epoch": start_epoch if prior is not None else None,
-            "prefix": inputs["train"].describe(),
-            "runtime": "executorch " + version,
-        }
-        write_json(target / "metrics.json", metrics)
+        metrics = run_metrics(manifest, settings, records, resumed_from=start_epoch if prior is not None else None,
+                              inference=INFERENCE, inference_weights=TRAINED, inference_acc=inference_acc,
+                              prefix=inputs["train"].describe(), runtime="executorch " + version)
+        write_json(target / METRICS, metrics)
     return metrics
 
 

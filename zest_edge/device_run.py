@@ -1,0 +1,41 @@
+"""What a device run records, the same for every runtime (ONNX Runtime in device.py, ExecuTorch in
+executorch_runner.py): its file names, the resume check, and metrics.json."""
+import numpy as np
+
+from .errors import ZestError
+
+PROGRESS = "progress.json"
+METRICS = "metrics.json"
+CHECKPOINT_PREFIX = "checkpoint.epoch"
+RESUME_KEYS = ("model", "training_model_sha256", "batch_size", "seed", "lr")
+
+
+def check_resume(out, prior: dict, settings: dict) -> None:
+    """Refuse to resume a run made with other artifacts or settings, naming the first difference."""
+    changed = [k for k in RESUME_KEYS if prior.get(k) != settings[k]]
+    if changed:
+        k = changed[0]
+        if k == "training_model_sha256":
+            raise ZestError(f"cannot resume {out}: it was run from other artifacts (a different export)")
+        raise ZestError(f"cannot resume {out}: it was run with {k}={prior.get(k)!r}, now {settings[k]!r}")
+
+
+def run_metrics(manifest: dict, settings: dict, records: list[dict], *, resumed_from: int | None, inference: str,
+                inference_acc: float, prefix: str, runtime: str, **extra) -> dict:
+    """The metrics.json record of a finished device run."""
+    steps = [r["mean_step_ms"] for r in records]
+    return {
+        "format": "zest-edge/device-run", "version": 1,
+        "model": manifest["model"], "artifacts": settings["artifacts"], "selection": manifest.get("selection"),
+        "selected_layers": [layer["name"] for layer in manifest.get("selected_layers", [])],
+        "trainable_params": manifest["trainable_params"],
+        "optimizer": {**manifest["optimizer"], "lr": settings["lr"]}, "batch_size": settings["batch_size"],
+        "seed": settings["seed"], "epochs": records,
+        "train_loss": [r["train_loss"] for r in records],
+        "val_accuracy": [r["val_accuracy"] for r in records],
+        "epoch_seconds": [r["epoch_seconds"] for r in records],
+        "mean_step_ms": float(np.mean(steps)) if steps else None,
+        "final_val_accuracy": records[-1]["val_accuracy"] if records else None,
+        "inference_model": inference, **extra, "inference_val_accuracy": inference_acc,
+        "resumed_from_epoch": resumed_from, "prefix": prefix, "runtime": runtime,
+    }
