@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from .errors import ZestError, first_line
-from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, run_metrics
+from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, epoch_record, run_metrics
 from .export.manifest import OUTPUT_NAME, read_manifest
 from .io import atomic_write_bytes, output_dir, sha256, write_json, writing
 from .prefix_cache import TrainingInputs, default_cache_mb
@@ -272,11 +272,9 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
             finally:
                 bar.close()
             train_seconds = time.perf_counter() - t0
-            val_loss, val_acc = _evaluate(module, inputs["val"], batch_size)
-            record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                      "val_loss": val_loss, "val_accuracy": val_acc, "epoch_seconds": round(train_seconds, 3),
-                      "mean_step_ms": round(1000 * float(np.mean(step_times)), 3), "steps": len(step_times),
-                      "prefix": "none" if not manifest.get("prefix") else "cached" if cached else "computed"}
+            record = epoch_record(epoch, loss_sum=loss_sum, correct=correct, seen=seen, seconds=train_seconds,
+                                  val=_evaluate(module, inputs["val"], batch_size), step_times=step_times,
+                                  prefix="none" if not manifest.get("prefix") else "cached" if cached else "computed")
             records.append(record)
             progress["epochs"] = records
             _save_epoch(target, state, epoch, progress)

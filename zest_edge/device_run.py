@@ -39,3 +39,11 @@ def run_metrics(manifest: dict, settings: dict, records: list[dict], *, resumed_
         "inference_model": inference, **extra, "inference_val_accuracy": inference_acc,
         "resumed_from_epoch": resumed_from, "prefix": prefix, "runtime": runtime,
     }
+
+
+def epoch_record(epoch: int, *, loss_sum: float, correct: int, seen: int, val: tuple[float, float], seconds: float,
+                 step_times: list[float], prefix: str) -> dict:
+    """One finished epoch as progress.json and metrics.json list it."""
+    return {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+            "val_loss": val[0], "val_accuracy": val[1], "epoch_seconds": round(seconds, 3),
+            "mean_step_ms": round(1000 * float(np.mean(step_times)), 3), "steps": len(step_times), "prefix": prefix}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, run_metrics
+from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, epoch_record, run_metrics
 from .errors import ZestError, first_line
 from .io import atomic_write_bytes, output_dir, sha256, write_json
 from .prefix_cache import TrainingInputs
@@ -262,11 +262,9 @@ def train_executorch(art: Path, manifest: dict, dataset_train, dataset_val, out:
             finally:
                 bar.close()
             train_seconds = time.perf_counter() - t0
-            val_loss, val_acc = evaluate(trainer, inputs["val"], batch_size)
-            record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                      "val_loss": val_loss, "val_accuracy": val_acc, "epoch_seconds": round(train_seconds, 3),
-                      "mean_step_ms": round(1000 * float(np.mean(step_times)), 3), "steps": len(step_times),
-                      "prefix": "none" if not prefix else "cached" if cached else "computed"}
+            record = epoch_record(epoch, loss_sum=loss_sum, correct=correct, seen=seen, seconds=train_seconds,
+                                  val=evaluate(trainer, inputs["val"], batch_size), step_times=step_times,
+                                  prefix="none" if not prefix else "cached" if cached else "computed")
             records.append(record)
             progress["epochs"] = records
             save_epoch(target, trainer, epoch, progress)
