@@ -15,7 +15,6 @@ At the end: `model_inference.onnx`, the whole trained model (prefix.onnx joined 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -23,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from .errors import ZestError, first_line
-from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, epoch_record, run_metrics
+from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, epoch_record, run_metrics, train_epoch
 from .export.manifest import OUTPUT_NAME, read_manifest
 from .io import atomic_write_bytes, output_dir, sha256, write_json, writing
 from .prefix_cache import TrainingInputs, default_cache_mb
@@ -179,7 +178,6 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
     horizontal flips of the training images, which turns the cache off (a flipped image has other prefix outputs)."""
     import onnxruntime as ort
     from onnxruntime.training.api import Module, Optimizer
-    from tqdm import tqdm
 
     art = Path(artifacts_dir)
     out = Path(out_dir)
@@ -242,38 +240,16 @@ def device_train(artifacts_dir, dataset_train, dataset_val, *, epochs: int, batc
         if augment and manifest.get("prefix"):
             echo("note: augmentation is on, so the prefix runs for every example in every epoch (no cache)")
         n_train = len(dataset_train)
-        steps_per_epoch = -(-n_train // batch_size)
 
         for epoch in range(start_epoch + 1, epochs + 1):
             order = np.random.default_rng([seed, epoch]).permutation(n_train)
             ort.set_seed(seed * 100003 + epoch)
             module.train()
-            t0 = time.perf_counter()
-            loss_sum = correct = seen = 0
-            step_times = []
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
-                       disable=None if progress_bar else True)   # None: off when stderr is not a terminal
-            cached = inputs["train"].store is not None and inputs["train"].store.complete()
-            try:
-                for x, y in inputs["train"].batches(order, batch_size, rng=np.random.default_rng([seed, epoch, 1])):
-                    s0 = time.perf_counter()
-                    loss, logits = module(*x, y)
-                    if not np.isfinite(float(loss)):
-                        raise ZestError(f"training diverged: the loss became {float(loss)} in epoch {epoch}, step "
-                                        f"{len(step_times) + 1} (lower --lr)")
-                    optimizer.step()
-                    module.lazy_reset_grad()
-                    step_times.append(time.perf_counter() - s0)
-                    loss_sum += float(loss) * len(y)
-                    correct += int((logits.argmax(-1) == y).sum())
-                    seen += len(y)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-            finally:
-                bar.close()
-            train_seconds = time.perf_counter() - t0
-            record = epoch_record(epoch, loss_sum=loss_sum, correct=correct, seen=seen, seconds=train_seconds,
-                                  val=_evaluate(module, inputs["val"], batch_size), step_times=step_times,
+            done = train_epoch(inputs["train"], order, batch_size, epoch=epoch, epochs=epochs,
+                               rng=np.random.default_rng([seed, epoch, 1]), forward=lambda x, y: module(*x, y),
+                               update=lambda: (optimizer.step(), module.lazy_reset_grad()), progress_bar=progress_bar)
+            cached = done.pop("cached")
+            record = epoch_record(epoch, **done, val=_evaluate(module, inputs["val"], batch_size),
                                   prefix="none" if not manifest.get("prefix") else "cached" if cached else "computed")
             records.append(record)
             progress["epochs"] = records

@@ -47,3 +47,37 @@ def epoch_record(epoch: int, *, loss_sum: float, correct: int, seen: int, val: t
     return {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
             "val_loss": val[0], "val_accuracy": val[1], "epoch_seconds": round(seconds, 3),
             "mean_step_ms": round(1000 * float(np.mean(step_times)), 3), "steps": len(step_times), "prefix": prefix}
+
+
+def train_epoch(inputs, order, batch_size: int, *, epoch: int, epochs: int, rng, forward, update,
+                progress_bar: bool) -> dict:
+    """One epoch over `inputs` (a prefix_cache.TrainingInputs) in `order`: `forward(x, y) -> (loss, logits)` then,
+    if the loss is finite, `update()`; a non-finite loss stops with one line. Returns the sums epoch_record takes."""
+    import time
+
+    from tqdm import tqdm
+    t0 = time.perf_counter()
+    loss_sum = correct = seen = 0
+    step_times = []
+    cached = inputs.store is not None and inputs.store.complete()
+    bar = tqdm(total=-(-len(order) // batch_size), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+               disable=None if progress_bar else True)   # None: off when stderr is not a terminal
+    try:
+        for x, y in inputs.batches(order, batch_size, rng=rng):
+            s0 = time.perf_counter()
+            loss, logits = forward(x, y)
+            loss = float(loss)
+            if not np.isfinite(loss):
+                raise ZestError(f"training diverged: the loss became {loss} in epoch {epoch}, step "
+                                f"{len(step_times) + 1} (lower --lr)")
+            update()
+            step_times.append(time.perf_counter() - s0)
+            loss_sum += loss * len(y)
+            correct += int((logits.argmax(-1) == y).sum())
+            seen += len(y)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    finally:
+        bar.close()
+    return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "step_times": step_times,
+            "seconds": time.perf_counter() - t0, "cached": cached}

@@ -16,13 +16,12 @@
 """
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, epoch_record, run_metrics
+from .device_run import CHECKPOINT_PREFIX, METRICS, PROGRESS, check_resume, epoch_record, run_metrics, train_epoch
 from .errors import ZestError, first_line
 from .io import atomic_write_bytes, output_dir, sha256, write_json
 from .prefix_cache import TrainingInputs
@@ -199,7 +198,6 @@ def train_executorch(art: Path, manifest: dict, dataset_train, dataset_val, out:
                      progress_bar: bool = True, on_epoch=None, echo=print) -> dict:
     """Train from an ExecuTorch export (the caller has checked data, epochs, lr and the output folder: `prior` is the
     progress to resume from or None, `owned(path)` says which files an earlier device run wrote)."""
-    from tqdm import tqdm
     version = runtime()[0]
     if batch_size > manifest["programs"]["batch"]:
         raise ZestError(f"batch size {batch_size} exceeds the {manifest['programs']['batch']} the programs were "
@@ -239,31 +237,11 @@ def train_executorch(art: Path, manifest: dict, dataset_train, dataset_val, out:
         n_train = len(dataset_train)
         for epoch in range(start_epoch + 1, epochs + 1):
             order = np.random.default_rng([seed, epoch]).permutation(n_train)
-            t0 = time.perf_counter()
-            loss_sum = correct = seen = 0
-            step_times = []
-            bar = tqdm(total=-(-n_train // batch_size), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
-                       disable=None if progress_bar else True)
-            cached = inputs["train"].store is not None and inputs["train"].store.complete()
-            try:
-                for x, y in inputs["train"].batches(order, batch_size, rng=np.random.default_rng([seed, epoch, 1])):
-                    s0 = time.perf_counter()
-                    loss, logits = trainer.forward_backward(x, y)
-                    if not np.isfinite(loss):
-                        raise ZestError(f"training diverged: the loss became {loss} in epoch {epoch}, step "
-                                        f"{len(step_times) + 1} (lower --lr)")
-                    trainer.step(lr)
-                    step_times.append(time.perf_counter() - s0)
-                    loss_sum += loss * len(y)
-                    correct += int((logits.argmax(-1) == y).sum())
-                    seen += len(y)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-            finally:
-                bar.close()
-            train_seconds = time.perf_counter() - t0
-            record = epoch_record(epoch, loss_sum=loss_sum, correct=correct, seen=seen, seconds=train_seconds,
-                                  val=evaluate(trainer, inputs["val"], batch_size), step_times=step_times,
+            done = train_epoch(inputs["train"], order, batch_size, epoch=epoch, epochs=epochs,
+                               rng=np.random.default_rng([seed, epoch, 1]), forward=trainer.forward_backward,
+                               update=lambda: trainer.step(lr), progress_bar=progress_bar)
+            cached = done.pop("cached")
+            record = epoch_record(epoch, **done, val=evaluate(trainer, inputs["val"], batch_size),
                                   prefix="none" if not prefix else "cached" if cached else "computed")
             records.append(record)
             progress["epochs"] = records
