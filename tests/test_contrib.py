@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from zest_edge.contrib import HEAD, SweepConfig, load_sweep, probe_names, run_sweep
+from zest_edge.contrib import HEAD, SweepConfig, chosen_lr, load_sweep, probe_names, run_sweep
 from zest_edge.corpus import load_corpus
 from zest_edge.errors import ZestError
 
@@ -81,15 +81,38 @@ def test_ray_backend_matches_local(tmp_path):
         assert remote["rows"][name]["acc"] == pytest.approx(row["acc"], abs=1e-9)
 
 
-def test_probe_picks_the_rate_with_the_best_mean_score(tmp_path):
+def test_probe_picks_the_smallest_rate_within_one_se_of_the_best(tmp_path):
     config = tiny(lr_grid=[1e-5, 0.01], probe_layers=2, epochs=2)
     sweep = run_sweep(config, tmp_path / "s", shard=(0, 21), progress=False)
     probes = sweep["probes"]
     assert len(probes) == 2 * 3 and {p["lr"] for p in probes} == {1e-5, 0.01}
     mean = {lr: sum(p["acc"] for p in probes if p["lr"] == lr) / 3 for lr in (1e-5, 0.01)}
-    assert sweep["lr"] == max(mean, key=mean.get)
+    se = sum(p["se"] for p in probes) / len(probes)
+    assert sweep["lr"] == min(lr for lr in mean if mean[lr] >= max(mean.values()) - se)
     assert all(r["lr"] == sweep["lr"] for r in sweep["rows"].values())
     assert HEAD in {p["layer"] for p in probes}
+    # the rule on probes made by hand: 0.01 is best, 0.003 within one SE of it, 0.001 not
+    config = {"protocol": {"lr_grid": [1e-3, 3e-3, 1e-2]}, "probe_count": 2}
+    hand = [{"lr": lr, "acc": acc, "se": 0.006} for lr, accs in
+            {1e-3: (0.90, 0.92), 3e-3: (0.93, 0.93), 1e-2: (0.935, 0.935)}.items() for acc in accs]
+    assert chosen_lr(config, hand) == 3e-3
+    assert chosen_lr(config, [{**p, "se": 0.001} for p in hand]) == 1e-2
+    assert chosen_lr(config, hand[:-1]) is None                     # a probe still missing
+
+
+def test_layer_rows_at_another_rate_are_redone(tmp_path):
+    """A store whose probes now choose another rate (e.g. made under an earlier rule) keeps its old layer rows
+    but does not count them: resuming trains those layers again at the chosen rate."""
+    config = tiny(lr_grid=[1e-5, 0.01], probe_layers=2, epochs=1)
+    first = run_sweep(config, tmp_path / "s", shard=(20, 21), progress=False)
+    store = tmp_path / "s" / "rows.shard-20-of-21.jsonl"
+    rows = [json.loads(line) for line in store.read_text().splitlines()]
+    other = 0.01 if first["lr"] == 1e-5 else 1e-5
+    store.write_text("".join(json.dumps({**r, "lr": other} if r["type"] == "layer" else r) + "\n" for r in rows))
+    assert load_sweep(tmp_path / "s")["rows"] == {}
+    again = run_sweep(config, tmp_path / "s", shard=(20, 21), progress=False)
+    assert set(again["rows"]) == set(first["rows"]) and all(r["lr"] == first["lr"] for r in again["rows"].values())
+    assert again["rows"][HEAD]["acc"] == pytest.approx(first["rows"][HEAD]["acc"], abs=1e-6)
 
 
 def test_score_averages_the_last_epochs_and_the_head_init_follows_train_seed(tmp_path):
