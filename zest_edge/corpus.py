@@ -58,6 +58,13 @@ class CombinationFile:
     layers: list[CombinationLayer]
 
 
+def combination_name(c: dict) -> str:
+    """model/data@size, e.g. efficientnet_lite0/fashion_mnist@64px."""
+    task = c["sweep"]["task"]
+    size = f"{task['resolution']}px" if "resolution" in task else f"{task['max_length']}tok"
+    return f"{c['model']}/{c['data']}@{size}"
+
+
 def load_corpus(path) -> list[dict]:
     """Every combination file in a folder (or one file), checked."""
     path = Path(path)
@@ -76,3 +83,9 @@ def load_corpus(path) -> list[dict]:
 
 def write_combination(path, record: dict) -> None:
     write_json(path, record)
+
+
+def load_retests(corpus, combos: list[dict]) -> dict:
+    """{combination name: its retest combination (corpus/retest/<same file name>)} for those that have one."""
+    found = {combination_name(c): Path(corpus) / "retest" / c["file"] for c in combos}
+    return {name: load_corpus(path)[0] for name, path in found.items() if path.is_file()}

@@ -1,131 +1,107 @@
-"""The pairwise ZEST predictor: layer features → a score whose order predicts contribution order.
+"""The ZEST predictor: layer features (zest_edge.features) → a score whose order predicts contribution order.
 
-Features (per layer, normalised within its model–dataset combination so they transfer across models):
-- for each zero-shot metric: its rank among the combination's layers in [0, 1], and the z-score of
-  its log (sign(v)·log(1+|v|/median|v|) for signed metrics) within the combination (raw scales differ by up to 40 orders of magnitude);
-- structure: relative depth, layer type one-hot, rank and z-score of log parameter count, kernel size / 7,
-  z-score of log channels.
-Scorer: f(x) = w2 · tanh(W1 x + b1) + skip · x (hidden=0, the default, is a linear scorer: with a corpus of a
-few combinations the hidden units only overfit).
-Loss: pairs (a, b) from the same combination whose contributions differ by more than `margin`;
-P(a above b) = σ(f(a) − f(b)); logistic loss, weighted by min(|Δcontribution| / 0.05, 1), plus L2 (0.1).
-The saved file is JSON (weights as lists); scoring needs only numpy.
+Scorers (registered in SCORERS; a predictor file names its scorer and the features it was trained on):
+- "pairwise": f(x) = w2 · tanh(W1 x + b1) + skip · x (hidden=0 is linear). Loss on pairs (a, b) of one
+  combination whose contributions differ by more than `margin`: P(a above b) = σ(f(a) − f(b)), logistic loss
+  weighted by min(|Δcontribution| / 0.05, 1) and the combination's weight, plus L2.
+- "lambdarank": LightGBM's LambdaRank, one query per combination, labels = `grades` rank grades of the
+  contributions within it; saved as LightGBM's own text model inside the JSON.
+- "ensemble": the mean of its members' scores, each turned into a rank in [0, 1] within the combination.
+Training data: `Combination(layers, contribution, weight)`; with several metric minibatches per combination
+(corpus `metrics_by_batch`) each batch is its own copy, so the scorer learns what survives batch-to-batch noise.
+Files are JSON (format zest-edge/predictor, version 2; version 1 files are pairwise scorers and still load).
 """
 import math
-from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from .errors import ZestError
+from .features import feature_matrix, feature_set, rank01
 from .io import write_json
+from .registry import Registry
 
-LAYER_TYPES = ("conv", "conv_dw", "conv_pw", "linear")
-
-
-def log_scale(v: np.ndarray) -> np.ndarray:
-    """log v for positive metrics, sign(v)·log(1 + |v|/median|v|) for signed ones; after a z-score neither
-    depends on the metric's overall scale."""
-    if np.all(v > 0):
-        return np.log(v)
-    scale = np.median(np.abs(v))
-    return np.sign(v) * np.log1p(np.abs(v) / (scale if scale > 0 else 1.0))
+SCORERS = Registry("scorer")
 
 
-def zscore(v: np.ndarray) -> np.ndarray:
-    sd = v.std()
-    return (v - v.mean()) / sd if sd > 0 else np.zeros_like(v)
-
-
-def rank01(v: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-    return (rankdata(v) - 1) / max(len(v) - 1, 1)
-
-
-def feature_names(metric_names: list[str]) -> list[str]:
-    return ([f"{m}:rank" for m in metric_names] + [f"{m}:zlog" for m in metric_names] +
-            ["depth", *(f"type:{t}" for t in LAYER_TYPES), "params:rank", "params:zlog", "kernel", "channels:zlog"])
-
-
-def layer_features(layers: list[dict], metric_names: list[str]) -> np.ndarray:
-    """[n_layers, n_features] for one combination; `layers` are metrics.json layer records."""
-    cols = []
-    raw = np.array([[l["metrics"][m] for m in metric_names] for l in layers], dtype=np.float64)
-    raw = np.where(np.isfinite(raw), raw, np.nan)
-    for j in range(raw.shape[1]):        # non-finite values rank lowest and get z-score 0
-        cols.append(rank01(np.nan_to_num(raw[:, j], nan=-np.inf)))
-    for j in range(raw.shape[1]):
-        cols.append(zscore(log_scale(np.nan_to_num(raw[:, j], nan=0.0))))
-    params = np.log([max(l["params"], 1) for l in layers])
-    cols += [np.array([l["depth"] for l in layers])]
-    cols += [np.array([float(l["type"] == t) for l in layers]) for t in LAYER_TYPES]
-    cols += [rank01(params), zscore(params), np.array([l["kernel"] / 7 for l in layers]),
-             zscore(np.log([max(l["in_channels"] * l["out_channels"], 1) for l in layers]))]
-    return np.stack(cols, axis=1).astype(np.float32)
+class Combination(NamedTuple):
+    """One model–dataset combination to learn from: layer records (one list per metric minibatch), the
+    contribution of each layer, and how much the combination counts (e.g. lower when its ground truth is noisy)."""
+    batches: list[list[dict]]
+    contribution: np.ndarray
+    weight: float = 1.0
 
 
 @dataclass
-class PredictorWeights:
+class PairwiseJSON:
     skip: list[float]
     W1: list[list[float]]
     b1: list[float]
     w2: list[float]
 
 
-@dataclass
-class PredictorFile:
-    """A predictor JSON as read back (its types checked by zest_edge.schema)."""
-    KIND: ClassVar[str] = "predictor"
-    metric_names: list[str]
-    features: list[str]
-    weights: PredictorWeights
-    provenance: dict = field(default_factory=dict)
+@SCORERS.register("pairwise")
+class Pairwise:
+    JSON = PairwiseJSON
 
+    def __init__(self, skip, W1, b1, w2):
+        self.w = {k: np.asarray(v, dtype=np.float32) for k, v in dict(skip=skip, W1=W1, b1=b1, w2=w2).items()}
 
-class Predictor:
-    def __init__(self, metric_names: list[str], weights: dict, provenance: dict | None = None):
-        self.metric_names = list(metric_names)
-        self.features = feature_names(self.metric_names)
-        self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
-        self.provenance = provenance or {}
-
-    def score_features(self, x: np.ndarray) -> np.ndarray:
-        w = self.weights
-        out = x @ w["skip"]
-        if w["W1"].size:
-            out = out + np.tanh(x @ w["W1"] + w["b1"]) @ w["w2"]
+    def score(self, x: np.ndarray) -> np.ndarray:
+        out = x @ self.w["skip"]
+        if self.w["W1"].size:
+            out = out + np.tanh(x @ self.w["W1"] + self.w["b1"]) @ self.w["w2"]
         return out
 
-    def score(self, layers: list[dict]) -> np.ndarray:
-        missing = [m for m in self.metric_names if m not in layers[0]["metrics"]]
-        if missing:
-            raise ZestError(f"the predictor needs metrics the input lacks: {', '.join(missing)}")
-        return self.score_features(layer_features(layers, self.metric_names))
-
-    def save(self, path) -> None:
-        write_json(path, {"format": "zest-edge/predictor", "version": 1, "metric_names": self.metric_names,
-                          "features": self.features, "architecture": describe_architecture(self.weights),
-                          "weights": {k: v.tolist() for k, v in self.weights.items()}, "provenance": self.provenance})
+    def to_json(self) -> dict:
+        return {k: v.tolist() for k, v in self.w.items()}
 
     @classmethod
-    def load(cls, path) -> "Predictor":
-        from .schema import read_record
-        _, obj = read_record(path, PredictorFile)
+    def from_json(cls, obj: PairwiseJSON, n_features: int, where: str, field: str) -> "Pairwise":
         try:
-            p = cls(obj.metric_names, asdict(obj.weights), obj.provenance)
-        except ValueError as e:                              # ragged weight lists
-            raise ZestError(f"predictor {path} is malformed ({e})") from None
-        if p.features != obj.features:
-            raise ZestError(f"predictor {path} was trained on a different feature set than this zest-edge computes")
-        n = len(p.features)
-        if p.weights["skip"].shape != (n,) or (p.weights["W1"].size and p.weights["W1"].shape[0] != n):
-            raise ZestError(f"predictor {path} weights do not match its {n} features")
+            p = cls(obj.skip, obj.W1, obj.b1, obj.w2)
+        except ValueError as e:                             # ragged weight lists
+            raise ValueError(f"pairwise weights are malformed ({e})") from None
+        if p.w["skip"].shape != (n_features,) or (p.w["W1"].size and p.w["W1"].shape[0] != n_features):
+            raise ValueError(f"weights do not match its {n_features} features")
         return p
 
-
-def describe_architecture(weights: dict) -> str:
-    hidden = weights["W1"].shape[1] if np.asarray(weights["W1"]).size else 0
-    return f"f(x) = w2·tanh(W1 x + b1) + skip·x, hidden={hidden}; pairwise logistic loss"
+    @classmethod
+    def fit(cls, groups, *, hidden: int = 0, epochs: int = 300, lr: float = 0.03, l2: float = 0.1,
+            margin: float = 0.005, seed: int = 0) -> tuple["Pairwise", dict]:
+        """groups: [(features [n, f], contribution [n], weight)]."""
+        import torch
+        torch.manual_seed(seed)
+        xs, a, b, w, offset = [], [], [], [], 0
+        for x, y, weight in groups:
+            i, j, pair_w = training_pairs(y, margin)
+            xs.append(x)
+            a.append(i + offset)
+            b.append(j + offset)
+            w.append(pair_w * weight)
+            offset += len(x)
+        a, b, w = (np.concatenate(v) for v in (a, b, w))
+        if len(a) == 0:
+            raise ZestError("no training pairs: contributions are all within the noise margin")
+        x, a, b = torch.tensor(np.concatenate(xs)), torch.tensor(a), torch.tensor(b)
+        w = torch.tensor(w / w.mean(), dtype=torch.float32)
+        n = x.shape[1]
+        skip = torch.zeros(n, requires_grad=True)
+        W1 = (torch.randn(n, hidden) / math.sqrt(n)).requires_grad_(True)
+        b1 = torch.zeros(hidden, requires_grad=True)
+        w2 = (torch.randn(hidden) / math.sqrt(max(hidden, 1))).requires_grad_(True)
+        params = [skip, W1, b1, w2]
+        opt = torch.optim.Adam(params, lr=lr)
+        for _ in range(epochs):
+            f = x @ skip + (torch.tanh(x @ W1 + b1) @ w2 if hidden else 0.0)
+            loss = (torch.nn.functional.softplus(-(f[a] - f[b])) * w).mean() + l2 * sum((p ** 2).sum() for p in params)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        info = {"hidden": hidden, "epochs": epochs, "lr": lr, "l2": l2, "margin": margin, "seed": seed,
+                "pairs": int(len(a)), "final_loss": float(loss.detach())}
+        return cls(*(p.detach().numpy() for p in params)), info
 
 
 def training_pairs(contrib: np.ndarray, margin: float, full_weight_gap: float = 0.05):
@@ -135,41 +111,160 @@ def training_pairs(contrib: np.ndarray, margin: float, full_weight_gap: float = 
     return i, j, np.minimum(diff[i, j] / full_weight_gap, 1.0)
 
 
-def train(combos: list[tuple[list[dict], np.ndarray]], metric_names: list[str], *, hidden: int = 0,
-          epochs: int = 300, lr: float = 0.03, l2: float = 0.1, margin: float = 0.005, seed: int = 0,
-          provenance: dict | None = None) -> Predictor:
-    """Fit the scorer on combinations [(layer records, contribution scores)] with the pairwise loss."""
-    import torch
-    torch.manual_seed(seed)
-    xs, pairs = [], []
-    offset = 0
-    for layers, contrib in combos:
-        x = layer_features(layers, metric_names)
-        i, j, w = training_pairs(np.asarray(contrib, dtype=np.float64), margin)
-        xs.append(x)
-        pairs.append((i + offset, j + offset, w))
-        offset += len(x)
-    if not pairs or sum(len(p[0]) for p in pairs) == 0:
-        raise ZestError("no training pairs: contributions are all within the noise margin")
-    x = torch.tensor(np.concatenate(xs))
-    a = torch.tensor(np.concatenate([p[0] for p in pairs]))
-    b = torch.tensor(np.concatenate([p[1] for p in pairs]))
-    w = torch.tensor(np.concatenate([p[2] for p in pairs]), dtype=torch.float32)
-    w = w / w.mean()
-    n = x.shape[1]
-    skip = torch.zeros(n, requires_grad=True)
-    W1 = (torch.randn(n, hidden) / math.sqrt(n)).requires_grad_(True)
-    b1 = torch.zeros(hidden, requires_grad=True)
-    w2 = (torch.randn(hidden) / math.sqrt(max(hidden, 1))).requires_grad_(True)
-    params = [skip, W1, b1, w2]
-    opt = torch.optim.Adam(params, lr=lr)
-    for _ in range(epochs):
-        f = x @ skip + (torch.tanh(x @ W1 + b1) @ w2 if hidden else 0.0)
-        loss = (torch.nn.functional.softplus(-(f[a] - f[b])) * w).mean() + l2 * sum((p ** 2).sum() for p in params)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    weights = {"skip": skip.detach().numpy(), "W1": W1.detach().numpy(), "b1": b1.detach().numpy(), "w2": w2.detach().numpy()}
-    prov = {"hidden": hidden, "epochs": epochs, "lr": lr, "l2": l2, "margin": margin, "seed": seed,
-            "pairs": int(len(a)), "final_loss": float(loss.detach()), **(provenance or {})}
-    return Predictor(metric_names, weights, prov)
+@dataclass
+class LambdaRankJSON:
+    lightgbm_model: str
+
+
+@SCORERS.register("lambdarank")
+class LambdaRank:
+    JSON = LambdaRankJSON
+
+    def __init__(self, model: str):
+        import lightgbm
+        self.model = model
+        self.booster = lightgbm.Booster(model_str=model)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return self.booster.predict(x, num_threads=1)
+
+    def to_json(self) -> dict:
+        return {"lightgbm_model": self.model}
+
+    @classmethod
+    def from_json(cls, obj: LambdaRankJSON, n_features: int, where: str, field: str) -> "LambdaRank":
+        import lightgbm
+        try:
+            p = cls(obj.lightgbm_model)
+        except lightgbm.basic.LightGBMError as e:
+            raise ValueError(f"its LightGBM model does not load ({str(e).splitlines()[0]})") from None
+        if p.booster.num_feature() != n_features:
+            raise ValueError(f"its model has {p.booster.num_feature()} features, the file lists {n_features}")
+        return p
+
+    @classmethod
+    def fit(cls, groups, *, trees: int = 200, leaves: int = 7, learning_rate: float = 0.05, grades: int = 8,
+            colsample: float = 0.5, min_data_in_leaf: int = 10, seed: int = 0) -> tuple["LambdaRank", dict]:
+        import lightgbm
+        x = np.concatenate([g[0] for g in groups])
+        label = np.concatenate([np.floor(rank01(g[1]) * (grades - 1) + 0.5) for g in groups]).astype(int)
+        weight = np.concatenate([np.full(len(g[0]), g[2]) for g in groups])
+        params = {"objective": "lambdarank", "num_leaves": leaves, "learning_rate": learning_rate,
+                  "feature_fraction": colsample, "min_data_in_leaf": min_data_in_leaf, "seed": seed,
+                  "deterministic": True, "num_threads": 1, "verbose": -1,
+                  "label_gain": list(range(grades)), "lambdarank_truncation_level": 64}
+        data = lightgbm.Dataset(x, label=label, group=[len(g[0]) for g in groups], weight=weight)
+        booster = lightgbm.train(params, data, num_boost_round=trees)
+        info = {"trees": trees, "leaves": leaves, "learning_rate": learning_rate, "grades": grades,
+                "colsample": colsample, "min_data_in_leaf": min_data_in_leaf, "seed": seed,
+                "lightgbm": lightgbm.__version__}
+        return cls(booster.model_to_string()), info
+
+
+@dataclass
+class MemberJSON:
+    scorer: str
+    model: dict
+
+
+@dataclass
+class EnsembleJSON:
+    members: list[MemberJSON]
+
+
+@SCORERS.register("ensemble")
+class Ensemble:
+    JSON = EnsembleJSON
+
+    def __init__(self, members: list):
+        self.members = members
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return np.mean([rank01(m.score(x)) for m in self.members], axis=0)
+
+    def to_json(self) -> dict:
+        return {"members": [{"scorer": SCORER_NAMES[type(m)], "model": m.to_json()} for m in self.members]}
+
+    @classmethod
+    def from_json(cls, obj: EnsembleJSON, n_features: int, where: str, field: str) -> "Ensemble":
+        if not obj.members:
+            raise ValueError("an ensemble needs members")
+        return cls([scorer_from_json(m.scorer, m.model, n_features, where, f"{field}.members[{i}].model")
+                    for i, m in enumerate(obj.members)])
+
+    @classmethod
+    def fit(cls, groups, *, members=(("pairwise", {}), ("lambdarank", {}))) -> tuple["Ensemble", dict]:
+        fitted = [SCORERS.get_or_fail(name).fit(groups, **kwargs) for name, kwargs in members]
+        return cls([m for m, _ in fitted]), {"members": [{"scorer": n, **info} for (n, _), (_, info) in zip(members, fitted)]}
+
+
+SCORER_NAMES = {cls: name for name, cls in SCORERS.items()}
+
+
+def scorer_from_json(name: str, obj: dict, n_features: int, where: str, field: str):
+    """A scorer from its JSON (`obj`, at `field` in the file `where`), types checked against the scorer's JSON
+    dataclass (ZestError naming the field); ValueError if the values do not fit together."""
+    from .schema import parse
+    cls = SCORERS.get_or_fail(name)
+    checked = parse(cls.JSON, obj, where, field=field)
+    return cls.from_json(checked, n_features, where, field)
+
+
+@dataclass
+class PredictorFile:
+    """A predictor JSON as read back (its types checked by zest_edge.schema); version 1 keeps `weights`."""
+    KIND: ClassVar[str] = "predictor"
+    metric_names: list[str]
+    features: list[str]
+    version: int = 1
+    scorer: str = "pairwise"
+    model: dict | None = None
+    weights: dict | None = None
+    provenance: dict = field(default_factory=dict)
+
+
+class Predictor:
+    def __init__(self, metric_names: list[str], features: list[str], scorer: Any, provenance: dict | None = None):
+        self.metric_names = list(metric_names)
+        self.features = list(features)
+        self.scorer = scorer
+        self.provenance = provenance or {}
+
+    def score(self, layers: list[dict]) -> np.ndarray:
+        return self.scorer.score(feature_matrix(layers, self.features))
+
+    def save(self, path) -> None:
+        write_json(path, {"format": "zest-edge/predictor", "version": 2, "metric_names": self.metric_names,
+                          "features": self.features, "scorer": SCORER_NAMES[type(self.scorer)],
+                          "model": self.scorer.to_json(), "provenance": self.provenance})
+
+    @classmethod
+    def load(cls, path) -> "Predictor":
+        from .schema import read_record
+        _, obj = read_record(path, PredictorFile)
+        known = set(feature_set("v2", obj.metric_names))
+        if not set(obj.features) <= known:
+            raise ZestError(f"predictor {path} was trained on a different feature set than this zest-edge computes "
+                            f"(e.g. {sorted(set(obj.features) - known)[0]!r})")
+        if obj.version not in (1, 2):
+            raise ZestError(f"predictor {path} has version {obj.version}; this zest-edge reads versions 1 and 2")
+        name, model, field = ("pairwise", obj.weights, "weights") if obj.version == 1 else (obj.scorer, obj.model, "model")
+        if model is None:
+            raise ZestError(f"{path}: {field} is missing")
+        try:
+            scorer = scorer_from_json(name, model, len(obj.features), str(path), field)
+        except ValueError as e:
+            raise ZestError(f"predictor {path} is malformed: {e}") from None
+        return cls(obj.metric_names, obj.features, scorer, obj.provenance)
+
+
+def train(combos: list[Combination], metric_names: list[str], *, scorer: str = "pairwise", features: str = "v1",
+          provenance: dict | None = None, **scorer_kwargs) -> Predictor:
+    """Fit a scorer (SCORERS) on combinations, with the named feature set (zest_edge.features.feature_set)."""
+    names = feature_set(features, metric_names)
+    groups = [(feature_matrix(layers, names), np.asarray(c.contribution, dtype=np.float64), c.weight)
+              for c in combos for layers in c.batches]
+    model, info = SCORERS.get_or_fail(scorer).fit(groups, **scorer_kwargs)
+    prov = {"scorer": scorer, "feature_set": features, "combinations": len(combos), "groups": len(groups),
+            **info, **(provenance or {})}
+    return Predictor(metric_names, names, model, prov)

@@ -100,12 +100,13 @@ def _parse(cls, obj: dict, where: str, prefix: str, unknown: str):
     return cls(**values)
 
 
-def parse(cls, obj, where: str, *, unknown: str = "ignore"):
-    """An instance of the dataclass `cls` from the mapping `obj` (read from `where`), every field's type checked;
-    `unknown="refuse"` also refuses keys `cls` has no field for (configs), "ignore" skips them (file formats)."""
+def parse(cls, obj, where: str, *, unknown: str = "ignore", field: str = ""):
+    """An instance of the dataclass `cls` from the mapping `obj` (read from `where`, at `field` inside it), every
+    field's type checked; `unknown="refuse"` also refuses keys `cls` has no field for (configs), "ignore" skips them
+    (file formats)."""
     if not isinstance(obj, dict):
-        raise ZestError(f"{where} must hold a mapping, got {type(obj).__name__}")
-    return _parse(cls, obj, where, "", unknown)
+        raise ZestError(f"{where}{': ' + field if field else ''} must hold a mapping, got {type(obj).__name__}")
+    return _parse(cls, obj, where, f"{field}." if field else "", unknown)
 
 
 def read_record(path, cls) -> tuple[dict, object]:

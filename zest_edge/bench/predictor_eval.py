@@ -1,22 +1,30 @@
-"""Held-out evaluation of the predictor: Kendall τ against contribution scores, beside single-metric baselines.
+"""Held-out evaluation of predictors: Kendall τ against contribution scores, beside single-metric baselines and the
+ground truth's own noise ceiling.
 
-Schemes: leave-one-combination-out, leave-one-dataset-out, leave-one-model-out. For each held-out combination:
-the predictor trained on the rest; (a) every single metric; (b) the best single metric (sign included) chosen
-by mean τ on the training combinations; (c) the oracle: the best single metric on the held-out combination
-itself (the paper's "Best ZS"); (d) a random ranking (mean of 200 permutations). Plus top-5 overlap.
+Schemes: leave-one-model-out (the one to choose by: leave-one-combination-out lets the same model leak into
+training), leave-one-dataset-out, leave-one-combination-out. For each held-out combination: every candidate
+predictor (scorer × feature set, CANDIDATES) trained on the rest; (a) every single metric; (b) the best single
+metric (sign included) chosen by mean τ on the training combinations; (c) the oracle: the best single metric on
+the held-out combination itself (the paper's "Best ZS"); (d) a random ranking (mean of 200 permutations); (e) the
+combination's ceiling: its measured test-retest τ where a retest sweep exists, else the τ expected from its
+per-layer standard errors scaled by the noise the retests measured (`ceilings`). Training combinations whose ceiling is below 0.5 count `LOW_WEIGHT`.
 """
 import numpy as np
 from scipy.stats import kendalltau
 
-from ..predictor import train
+from ..corpus import combination_name
+from ..predictor import Combination, train
 
-def size(c) -> str:
-    task = c["sweep"]["task"]
-    return f"{task['resolution']}px" if "resolution" in task else f"{task['max_length']}tok"
+CANDIDATES = {"pairwise/v1": {"scorer": "pairwise", "features": "v1"},
+              "pairwise/v2": {"scorer": "pairwise", "features": "v2"},
+              "lambdarank/v1": {"scorer": "lambdarank", "features": "v1"},
+              "lambdarank/v2": {"scorer": "lambdarank", "features": "v2"},
+              "lambdarank/structure": {"scorer": "lambdarank", "features": "structure"},
+              "ensemble/v2": {"scorer": "ensemble", "features": "v2"}}
+LOW_CEILING, LOW_WEIGHT = 0.5, 0.25
 
 
-SCHEMES = {"combination": lambda c: f"{c['model']}/{c['data']}@{size(c)}",
-           "dataset": lambda c: c["data"], "model": lambda c: c["model"]}
+SCHEMES = {"model": lambda c: c["model"], "dataset": lambda c: c["data"], "combination": combination_name}
 
 
 def tau(a, b) -> float:
@@ -28,9 +36,60 @@ def contributions(c) -> np.ndarray:
     return np.array([l["contribution"] for l in c["layers"]])
 
 
-def metric_taus(c, metric_names) -> dict:
+def batches(c) -> list[list[dict]]:
+    """The combination's layer records once per metric minibatch (corpus v2 keeps several), else once."""
+    by_batch = [l.get("metrics_by_batch") for l in c["layers"]]
+    if not all(by_batch):
+        return [c["layers"]]
+    return [[{**l, "metrics": m[i]} for l, m in zip(c["layers"], by_batch)] for i in range(len(by_batch[0]))]
+
+
+def noise_ceiling(c, noise_per_se: float, draws: int = 200, seed: int = 0) -> float | None:
+    """Expected Kendall τ between two sweeps of a combination that differ in training seed: true scores estimated
+    by shrinking the observed ones (their variance less the noise variance), each sweep adding N(0, noise²) with
+    noise = noise_per_se × the layer's binomial SE. None without standard errors."""
+    se = np.array([l.get("contribution_se", np.nan) for l in c["layers"]], dtype=np.float64)
+    if not np.all(np.isfinite(se)):
+        return None
+    noise = noise_per_se * se
     y = contributions(c)
-    return {m: tau(np.nan_to_num(metric_values(c, m), nan=-1e300), y) for m in metric_names}
+    shrink = np.sqrt(max(y.var() - np.mean(noise ** 2), 0.0) / y.var()) if y.var() > 0 else 0.0
+    true = y.mean() + shrink * (y - y.mean())
+    rng = np.random.default_rng(seed)
+    return float(np.mean([tau(true + rng.normal(0, noise), true + rng.normal(0, noise)) for _ in range(draws)]))
+
+
+def ceilings(combos: list[dict], retests: dict) -> dict:
+    """Each combination's ceiling {"tau", "source"}: the measured test-retest τ where a retest exists, else
+    `noise_ceiling` with the training-seed noise per unit of binomial SE measured on the retests (the validation
+    set is shared by both sweeps, so the retest noise is smaller than the binomial SE); None without either."""
+    measured, diffs, ses = {}, [], []
+    for c in combos:
+        again = retests.get(combination_name(c))
+        if again is None:
+            continue
+        other = {l["name"]: l for l in again["layers"]}
+        common = [l for l in c["layers"] if l["name"] in other]
+        a = np.array([l["contribution"] for l in common])
+        b = np.array([other[l["name"]]["contribution"] for l in common])
+        measured[combination_name(c)] = tau(a, b)
+        diffs += list(a - b)
+        ses += [x for l in common for x in (l.get("contribution_se"), other[l["name"]].get("contribution_se"))]
+    noise_per_se = (float(np.sqrt(np.mean(np.square(diffs)) / 2) / np.mean(ses))
+                    if diffs and None not in ses else None)
+    out = {"noise_per_se": noise_per_se}
+    for c in combos:
+        name = combination_name(c)
+        if name in measured:
+            out[name] = {"tau": measured[name], "source": "retest"}
+        else:
+            est = noise_ceiling(c, noise_per_se) if noise_per_se is not None else None
+            out[name] = {"tau": est, "source": "estimated" if est is not None else "none"}
+    return out
+
+
+def weight(ceiling: dict) -> float:
+    return LOW_WEIGHT if ceiling["tau"] is not None and ceiling["tau"] < LOW_CEILING else 1.0
 
 
 def metric_values(c, metric: str) -> np.ndarray:
@@ -38,14 +97,24 @@ def metric_values(c, metric: str) -> np.ndarray:
     return np.array([l["metrics"][metric] for l in c["layers"]], dtype=np.float64)
 
 
+def metric_taus(c, metric_names) -> dict:
+    y = contributions(c)
+    return {m: tau(np.nan_to_num(metric_values(c, m), nan=-1e300), y) for m in metric_names}
+
+
 def top_overlap(scores, y, k=5) -> float:
     return len(set(np.argsort(-scores)[:k]) & set(np.argsort(-y)[:k])) / k
 
 
-def evaluate(combos: list[dict], metric_names: list[str], schemes=("combination", "dataset", "model"), **train_kwargs) -> dict:
+def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dataset", "combination"),
+             candidates: dict | None = None, retests: dict | None = None, **train_kwargs) -> dict:
+    """{"ceilings": ..., scheme: {"rows": [per held-out combination], "mean": {...}}}; `train_kwargs` go to every
+    candidate (e.g. epochs for the pairwise scorer)."""
+    candidates = candidates or {"pairwise/v1": {"scorer": "pairwise", "features": "v1"}}
     rng = np.random.default_rng(0)
+    ceiling = ceilings(combos, retests or {})
     per_combo_taus = {id(c): metric_taus(c, metric_names) for c in combos}
-    results = {}
+    results = {"ceilings": ceiling, "low_ceiling": LOW_CEILING, "low_weight": LOW_WEIGHT}
     for scheme in schemes:
         key = SCHEMES[scheme]
         rows = []
@@ -54,17 +123,21 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("combination"
             rest = [c for c in combos if key(c) != group]
             if not rest:
                 continue
-            predictor = train([(c["layers"], contributions(c)) for c in rest], metric_names, **train_kwargs)
+            train_set = [Combination(batches(c), contributions(c), weight(ceiling[combination_name(c)])) for c in rest]
+            predictors = {name: train(train_set, metric_names, **kw, **_for(kw["scorer"], train_kwargs))
+                          for name, kw in candidates.items()}
             signed = {(m, s): np.mean([s * per_combo_taus[id(c)][m] for c in rest]) for m in metric_names for s in (1, -1)}
             (best_m, best_s) = max(signed, key=signed.get)
             for c in test:
                 y = contributions(c)
-                scores = predictor.score(c["layers"])
                 taus = per_combo_taus[id(c)]
                 oracle = max(((m, s) for m in metric_names for s in (1, -1)), key=lambda ms: ms[1] * taus[ms[0]])
                 best_vals = best_s * np.nan_to_num(metric_values(c, best_m), nan=-1e300)
-                rows.append({"held_out": group, "combination": SCHEMES["combination"](c), "layers": len(y),
-                             "predictor_tau": tau(scores, y), "predictor_top5": top_overlap(scores, y),
+                scores = {name: p.score(c["layers"]) for name, p in predictors.items()}
+                rows.append({"held_out": group, "combination": combination_name(c), "layers": len(y),
+                             "ceiling_tau": ceiling[combination_name(c)]["tau"],
+                             "predictor_tau": {n: tau(s, y) for n, s in scores.items()},
+                             "predictor_top5": {n: top_overlap(s, y) for n, s in scores.items()},
                              "best_train_metric": f"{'-' if best_s < 0 else ''}{best_m}",
                              "best_train_metric_tau": best_s * taus[best_m],
                              "best_train_metric_top5": top_overlap(best_vals, y),
@@ -74,30 +147,58 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("combination"
                              "single_metric_taus": taus})
         if rows:
             mean = {k: float(np.mean([r[k] for r in rows])) for k in
-                    ("predictor_tau", "predictor_top5", "best_train_metric_tau", "best_train_metric_top5", "oracle_tau", "random_tau")}
+                    ("best_train_metric_tau", "best_train_metric_top5", "oracle_tau", "random_tau")}
+            mean["predictor_tau"] = {n: float(np.mean([r["predictor_tau"][n] for r in rows])) for n in candidates}
+            mean["predictor_top5"] = {n: float(np.mean([r["predictor_top5"][n] for r in rows])) for n in candidates}
             results[scheme] = {"rows": rows, "mean": mean}
+    first = next((s for s in schemes if s in results), None)
+    if first:
+        results["chosen"] = max(candidates, key=lambda n: results[first]["mean"]["predictor_tau"][n])
+        results["chosen_by"] = f"mean leave-one-{first}-out τ"
     return results
 
 
+def _for(scorer: str, kwargs: dict) -> dict:
+    """The shared training settings a scorer takes (the pairwise settings do not apply to LightGBM)."""
+    return kwargs if scorer == "pairwise" else {}
+
+
 def markdown(results: dict, metric_names: list[str]) -> str:
-    out = []
-    for scheme, res in results.items():
-        out += [f"### Leave-one-{scheme}-out", "",
-                "| held-out combination | layers | ZEST τ | ZEST top-5 | best-on-train metric | τ | oracle metric (Best ZS) | τ | random τ |",
-                "|---|---|---|---|---|---|---|---|---|"]
+    """The comparison tables: per scheme, each held-out combination's τ for every candidate and baseline."""
+    schemes = [s for s in SCHEMES if s in results]
+    if not schemes:
+        return "no held-out combination (one model and one dataset only)\n"
+    names = list(results[schemes[0]]["mean"]["predictor_tau"])
+    out = [f"Chosen: **{results['chosen']}** (by {results['chosen_by']}). Ceiling: the combination's test-retest τ "
+           f"(measured, or expected from its standard errors); training combinations with a ceiling below "
+           f"{results['low_ceiling']} count {results['low_weight']}×.", ""]
+    ceil = results["ceilings"]
+    if ceil["noise_per_se"] is not None:
+        out += [f"Training-seed noise measured on the retests: {ceil['noise_per_se']:.2f} × the binomial SE of a score "
+                f"(ceilings without a retest are estimated from it).", ""]
+    low = [n for n, c in ceil.items() if n != "noise_per_se" and c["tau"] is not None and c["tau"] < results["low_ceiling"]]
+    if low:
+        out += [f"Down-weighted (ceiling < {results['low_ceiling']}): {', '.join(low)}.", ""]
+    for scheme in schemes:
+        res = results[scheme]
+        out += [f"### Leave-one-{scheme}-out (Kendall τ; top-5 overlap in brackets)", "",
+                "| held-out combination | layers | ceiling | " + " | ".join(names) +
+                " | best-on-train metric | τ | oracle metric (Best ZS) | τ | random |",
+                "|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|"]
         for r in res["rows"]:
-            out.append(f"| {r['combination']} | {r['layers']} | {r['predictor_tau']:.3f} | {r['predictor_top5']:.1f} | "
-                       f"{r['best_train_metric']} | {r['best_train_metric_tau']:.3f} | {r['oracle_metric']} | "
-                       f"{r['oracle_tau']:.3f} | {r['random_tau']:.3f} |")
+            ceil = "n/a" if r["ceiling_tau"] is None else f"{r['ceiling_tau']:.2f}"
+            cells = " | ".join(f"{r['predictor_tau'][n]:.3f} ({r['predictor_top5'][n] * 5:.0f})" for n in names)
+            out.append(f"| {r['combination']} | {r['layers']} | {ceil} | {cells} | {r['best_train_metric']} | "
+                       f"{r['best_train_metric_tau']:.3f} | {r['oracle_metric']} | {r['oracle_tau']:.3f} | "
+                       f"{r['random_tau']:.3f} |")
         m = res["mean"]
-        out += [f"| **mean** | | **{m['predictor_tau']:.3f}** | {m['predictor_top5']:.2f} | | {m['best_train_metric_tau']:.3f} | "
-                f"| {m['oracle_tau']:.3f} | {m['random_tau']:.3f} |", ""]
-    first = next(iter(results.values()), None)
-    if first:
-        out += ["### Single metrics (τ on each combination)", "",
-                "| metric | " + " | ".join(r["combination"] for r in first["rows"]) + " | mean |",
-                "|---|" + "---|" * (len(first["rows"]) + 1)]
-        for m in metric_names:
-            vals = [r["single_metric_taus"][m] for r in first["rows"]]
-            out.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} |")
+        cells = " | ".join(f"**{m['predictor_tau'][n]:.3f}** ({m['predictor_top5'][n] * 5:.1f})" for n in names)
+        out += [f"| **mean** | | | {cells} | | {m['best_train_metric_tau']:.3f} | | {m['oracle_tau']:.3f} | "
+                f"{m['random_tau']:.3f} |", ""]
+    rows = results[schemes[-1]]["rows"]
+    out += ["### Single metrics (τ on each combination)", "",
+            "| metric | " + " | ".join(r["combination"] for r in rows) + " | mean |", "|---|" + "---|" * (len(rows) + 1)]
+    for m in metric_names:
+        vals = [r["single_metric_taus"][m] for r in rows]
+        out.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} |")
     return "\n".join(out) + "\n"

@@ -114,49 +114,74 @@ def contrib(config_path, out, shard, backend, address, corpus_out, lr, **flags):
         click.echo(f"wrote {corpus_out} ({len(record['layers'])} layers, sweep {record['sweep_seconds']:.0f} s)")
 
 
-@click.command("train-predictor")
-@click.option("--corpus", required=True, type=click.Path(exists=True), help="Folder of combination files.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Predictor JSON to write.")
-@click.option("--hidden", type=int, default=0, show_default=True, help="Hidden units (0 = linear scorer).")
-@click.option("--epochs", type=int, default=300, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--exclude", multiple=True, help="Leave out combination files whose name contains this (repeatable).")
-def train_predictor(corpus, out, hidden, epochs, seed, exclude):
-    """Train the pairwise predictor on a corpus of contribution sweeps."""
-    import datetime
-    from ..corpus import load_corpus
+def corpus_options(f):
+    f = click.option("--exclude", multiple=True,
+                     help="Leave out combination files whose name contains this (repeatable).")(f)
+    f = click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False),
+                     help="Folder of combination files (its retest/ subfolder holds test-retest sweeps).")(f)
+    return f
+
+
+def read_corpus(corpus, exclude):
+    """(combinations, the metrics all of them have, {combination name: its retest combination})."""
+    from ..corpus import load_corpus, load_retests
     from ..metrics import METRICS
-    from ..predictor import train
-    from ..bench.predictor_eval import contributions
     combos = [c for c in load_corpus(corpus) if not any(x in c["file"] for x in exclude)]
     if not combos:
-        raise ZestError("--exclude left no combination to train on")
+        raise ZestError("--exclude left no combination")
     names = [m for m in METRICS if all(m in c["metric_names"] for c in combos)]
-    predictor = train([(c["layers"], contributions(c)) for c in combos], names, hidden=hidden, epochs=epochs, seed=seed,
-                      provenance={"id": f"zest-{datetime.date.today().isoformat()}", "corpus": [c["file"] for c in combos]})
+    return combos, names, load_retests(corpus, combos)
+
+
+@click.command("train-predictor")
+@corpus_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Predictor JSON to write.")
+@click.option("--scorer", default="lambdarank", show_default=True, help="pairwise, lambdarank or ensemble.")
+@click.option("--features", default="v2", show_default=True, help="Feature set: v1, v2 or structure.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_predictor(corpus, exclude, out, scorer, features, seed):
+    """Train a predictor on a corpus of contribution sweeps (noisy combinations down-weighted as eval-predictor)."""
+    import datetime
+    from ..predictor import Combination, train
+    from ..corpus import combination_name
+    from ..bench.predictor_eval import batches, ceilings, contributions, weight
+    combos, names, retests = read_corpus(corpus, exclude)
+    ceiling = ceilings(combos, retests)
+    train_set = [Combination(batches(c), contributions(c), weight(ceiling[combination_name(c)])) for c in combos]
+    predictor = train(train_set, names, scorer=scorer, features=features, seed=seed,
+                      provenance={"id": f"zest-{datetime.date.today().isoformat()}",
+                                  "corpus": [c["file"] for c in combos],
+                                  "weights": {combination_name(c): t.weight for c, t in zip(combos, train_set)}})
     predictor.save(out)
-    click.echo(f"trained on {len(combos)} combinations, {predictor.provenance['pairs']} pairs; wrote {out}")
+    click.echo(f"trained a {scorer} scorer on {len(combos)} combinations ({predictor.provenance['groups']} metric "
+               f"batches, features {features}); wrote {out}")
 
 
 @click.command("eval-predictor")
-@click.option("--corpus", required=True, type=click.Path(exists=True), help="Folder of combination files.")
+@corpus_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write eval.json and eval.md here.")
-@click.option("--hidden", type=int, default=0, show_default=True)
-@click.option("--epochs", type=int, default=300, show_default=True)
-def eval_predictor(corpus, out, hidden, epochs):
-    """Held-out Kendall τ of the predictor vs single-metric baselines (leave-one-out)."""
+@click.option("--candidates", default=None, help="Comma-separated scorer/features pairs [every one in the study].")
+@click.option("--schemes", default="model,dataset,combination", show_default=True,
+              help="Leave-one-X-out schemes; the first chooses the winner.")
+def eval_predictor(corpus, exclude, out, candidates, schemes):
+    """Held-out Kendall τ of candidate predictors vs single metrics and the ground truth's ceiling (leave-one-out)."""
     from pathlib import Path
-    from ..corpus import load_corpus
     from ..io import write_json, write_text
-    from ..metrics import METRICS
-    from ..bench.predictor_eval import evaluate, markdown
-    combos = load_corpus(corpus)
-    names = [m for m in METRICS if all(m in c["metric_names"] for c in combos)]
-    results = evaluate(combos, names, hidden=hidden, epochs=epochs)
+    from ..registry import suggest
+    from ..bench.predictor_eval import CANDIDATES, SCHEMES, evaluate, markdown
+    combos, names, retests = read_corpus(corpus, exclude)
+    chosen = candidates.split(",") if candidates else list(CANDIDATES)
+    schemes = schemes.split(",")
+    for name, known in [(n, CANDIDATES) for n in chosen] + [(s, SCHEMES) for s in schemes]:
+        if name not in known:
+            raise ZestError(f"unknown {'candidate' if known is CANDIDATES else 'scheme'} {name!r}{suggest(name, known)}; "
+                            f"choose from: {', '.join(known)}")
+    results = evaluate(combos, names, schemes=schemes, candidates={n: CANDIDATES[n] for n in chosen},
+                       retests=retests)
     text = markdown(results, names)
     click.echo(text)
     if out:
-        write_json(Path(out) / "eval.json", {"format": "zest-edge/predictor-eval", "version": 1, "hidden": hidden,
-                                             "epochs": epochs, "results": results})
+        write_json(Path(out) / "eval.json", {"format": "zest-edge/predictor-eval", "version": 2,
+                                             "corpus": [c["file"] for c in combos], "results": results})
         write_text(Path(out) / "eval.md", text)
         click.echo(f"wrote {out}/eval.json and eval.md")
