@@ -248,11 +248,11 @@ class Predictor:
                             f"(e.g. {sorted(set(obj.features) - known)[0]!r})")
         if obj.version not in (1, 2):
             raise ZestError(f"predictor {path} has version {obj.version}; this zest-edge reads versions 1 and 2")
-        name, model, field = ("pairwise", obj.weights, "weights") if obj.version == 1 else (obj.scorer, obj.model, "model")
+        name, model, key = ("pairwise", obj.weights, "weights") if obj.version == 1 else (obj.scorer, obj.model, "model")
         if model is None:
-            raise ZestError(f"{path}: {field} is missing")
+            raise ZestError(f"{path}: {key} is missing")
         try:
-            scorer = scorer_from_json(name, model, len(obj.features), str(path), field)
+            scorer = scorer_from_json(name, model, len(obj.features), str(path), key)
         except ValueError as e:
             raise ZestError(f"predictor {path} is malformed: {e}") from None
         return cls(obj.metric_names, obj.features, scorer, obj.provenance)
