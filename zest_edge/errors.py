@@ -5,6 +5,10 @@ class ZestError(Exception):
     """A user-facing error: bad input, missing file, impossible request."""
 
 
+class Diverged(ZestError):
+    """Training stopped because the loss became NaN or infinite (a learning rate too high for the run)."""
+
+
 def first_line(e: BaseException) -> str:
     """The first non-empty line of a foreign exception, without the native source prefixes ONNX Runtime adds
     (`/path/file.cc:123 Class::method(args...) ` and `[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : `)."""

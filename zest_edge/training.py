@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .errors import ZestError, first_line
+from .errors import Diverged, ZestError, first_line
 from .fused import FusedOptimizer
 from .io import atomic_write_bytes, output_dir, read_json, write_json
 from .schema import read_record
@@ -249,7 +249,7 @@ def train_epochs(task: Task, sm: SparseModel, opt, schedule: Schedule, out: Path
             s = time.perf_counter()
             losses.append(sm.step(x, y, opt, features=train.features))
             if not math.isfinite(losses[-1]):
-                raise ZestError(f"training diverged: the loss became {losses[-1]} in epoch {epoch + 1}, step "
+                raise Diverged(f"training diverged: the loss became {losses[-1]} in epoch {epoch + 1}, step "
                                 f"{len(losses)} (lower --lr)")
             step_ms.append((time.perf_counter() - s) * 1000)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")

@@ -5,6 +5,7 @@
     memory.py          peak memory above a baseline (CPU high-water mark, CUDA allocator)
     isolation.py       fresh processes: a fork server, or a new interpreter per configuration
     machine.py         what the numbers ran on
-    benchmark.py       accuracy of ZEST@k against full fine-tuning and the baselines (+ benchmark_report.py)
+    benchmark.py       accuracy of ZEST@k against full fine-tuning and the baselines, an lr per method
+                       (+ benchmark_config.py, benchmark_stats.py, benchmark_results.py, benchmark_report.py)
     predictor_eval.py  held-out Kendall τ of the predictor against single metrics
 """

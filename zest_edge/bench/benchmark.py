@@ -1,4 +1,5 @@
-"""End-to-end evaluation: ZEST@k against full fine-tuning and the baselines, every method trained the same way.
+"""End-to-end evaluation: is ZEST@k better than what a user would otherwise do? Every method trained the same way,
+each at the learning rate that suits it.
 
 `benchmark(config_path, out, resume=...)` reads a YAML config (configs/eval_*.yaml) and, for every seed, trains
     full            every parameter
@@ -11,147 +12,76 @@
     head-only       the head alone
     contribution@k  the k layers with the highest single-layer accuracy in a contribution sweep (config
                     `contribution`: a sweep folder or one rows JSONL file; only when named)
-with `zest_edge.training.finetune` and one Schedule for all. Layout:
-    out/plan.json                  the config and every run's selection (fixed before the first run starts)
-    out/runs/<method>/seed<S>/     one finetune run folder each (config.json, metrics.json, trained.safetensors)
-    out/results.json               format zest-edge/results: per method, final val acc mean ± std over seeds,
-                                   trainable params, median train-step ms, per-epoch val acc curve (epoch 0 = the
-                                   untrained head); rewritten after every run ("complete": false until the end)
-    out/results.md, out/curves.png the table and the val-accuracy curves (one line per method)
-Resume: finished runs (all epochs in metrics.json) are skipped, an interrupted one continues from its last finished
-epoch via finetune(resume=True).
+with `zest_edge.training.finetune` and one Schedule for all, at every learning rate of `lr_grid` (`lr: x` is the
+one-point grid [x]). Within a seed every method and lr sees the same training data, order and head init.
+
+Select/test: the task's validation set (its `val_limit` subset drawn with the fixed SPLIT_SEED, so the same for
+every run seed) is cut into two disjoint class-balanced halves (benchmark_stats.select_test_split). Runs train on
+the train split; a run's final accuracy on "select" picks the lr, its accuracy on "test" is what is reported.
+For each method (each k), the lr is chosen over all seeds: fewest diverged runs, then the best mean final select
+accuracy, then the smaller lr (benchmark_stats.choose_lr). A run whose loss becomes non-finite is recorded as
+diverged (select and test accuracy 0 wherever a number is needed) and the benchmark goes on. ZEST@k is then
+compared with full, random@k, rgn@k, best-metric@k, largest@k and last@k by seed-paired differences of test
+accuracy with 95% t-intervals (benchmark_results). The test half shares its examples across seeds, so the
+intervals cover training randomness (data subset, head init, order, ranking batch, random draw), not test sampling.
+
+Layout:
+    out/plan.json                  the config (with the lr grid) and every run's selection, fixed before the first run
+    out/runs/<method>/lr<lr>/seed<S>/  one finetune run folder each (config.json, metrics.json, trained.safetensors:
+                                   metrics.json's val_acc is test-half accuracy) and outcome.json (zest-edge/
+                                   benchmark-run: final select and test accuracy, or the divergence), written last
+    out/results.json               format zest-edge/results version 2 (benchmark_results.summarize): every run's
+                                   select/test accuracy, per method the chosen lr and test accuracy over seeds,
+                                   the paired differences; rewritten after every run ("complete": false until the end)
+    out/results.md, out/curves.png the tables and the test-accuracy curves of the chosen lr's runs
+Resume: runs with an outcome are skipped, an interrupted one continues from its last finished epoch via
+finetune(resume=True); an out folder of results version 1 is refused.
 """
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from pathlib import Path
 
-from ..errors import ZestError
+import numpy as np
+import torch
 
-FORMAT = "zest-edge/results"
-VERSION = 1
-METHODS = ("full", "zest", "random", "best-metric", "rgn", "largest", "last", "head-only", "contribution", "lora",
-           "lora-zest")
-K_METHODS = ("zest", "random", "best-metric", "rgn", "largest", "last", "contribution", "lora-zest")
-LORA_METHODS = ("lora", "lora-zest")          # LoRA (rank `lora_r`) on every layer / on zest@k's layers
+from ..errors import Diverged, ZestError
+from .benchmark_config import (LORA_METHODS, OUTCOME, jsonable, load_benchmark_config, method_labels, run_dir,
+                               schedule)
+from .benchmark_stats import SPLIT_SEED, select_test_split
 
-
-@dataclasses.dataclass
-class BenchmarkConfig:
-    """A benchmark YAML: its types are checked by zest_edge.schema, unknown settings refused."""
-    # what to train on
-    name: str | None = None
-    model: str | None = None
-    weights: str | None = None
-    data: str | None = None
-    data_root: str | None = None
-    limit: int | None = None
-    val_limit: int | None = None
-    resolution: int | None = None
-    max_length: int | None = None
-    # how (one Schedule for every method)
-    epochs: int = 3
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    bn: str = "frozen"
-    cache: bool = True
-    cache_limit_mb: int = 4096
-    backend: str = "auto"
-    threads: int | None = None
-    # what to compare
-    seeds: int | list[int] = dataclasses.field(default_factory=lambda: [0])
-    k: int | list[int] = dataclasses.field(default_factory=lambda: [3, 5, 10])
-    methods: str | list[str] = dataclasses.field(default_factory=lambda: list(METHODS))
-    metric: str | None = None
-    predictor: str | None = None
-    contribution: str | None = None
-    rank_batch_size: int = 32
-    lora_r: int = 8
-    # free text
-    heldout_note: str | None = None
-    notes: str | None = None
-    sizing: str | None = None
-
-
-def load_benchmark_config(path) -> dict:
-    """The YAML config with defaults filled in and every value checked."""
-    from ..config import load_config
-    from ..schema import parse
-    path = Path(path)
-    cfg = dataclasses.asdict(parse(BenchmarkConfig, load_config(path, None), str(path), unknown="refuse"))
-    for key in ("model", "data"):
-        if not cfg[key]:
-            raise ZestError(f"{path}: `{key}` is required")
-    methods = cfg["methods"]
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ZestError(f"{path}: unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
-    cfg["methods"] = list(dict.fromkeys(methods))
-    seeds, ks = cfg["seeds"], cfg["k"]
-    seeds = [seeds] if isinstance(seeds, int) else seeds
-    ks = [ks] if isinstance(ks, int) else ks
-    if not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ZestError(f"{path}: `seeds` must be a list of integers")
-    if not ks or not all(isinstance(k, int) and k >= 1 for k in ks):
-        raise ZestError(f"{path}: `k` must be a list of positive integers")
-    cfg["seeds"], cfg["k"] = list(dict.fromkeys(seeds)), sorted(set(ks))
-    if "best-metric" in cfg["methods"] and not cfg["metric"]:
-        raise ZestError(f"{path}: method best-metric needs `metric` (a metric name, e.g. snip)")
-    if cfg["contribution"]:
-        cfg["contribution"] = str(_resolve(cfg["contribution"], path))
-    elif "contribution" in cfg["methods"]:
-        cfg["methods"].remove("contribution")          # only where a sweep is named
-    schedule(cfg).check()
-    return cfg
-
-
-def _resolve(p, config_path: Path) -> Path:
-    """A path as given if it exists from here, else relative to the config file's folder."""
-    p = Path(p)
-    if p.is_absolute() or p.exists():
-        return p
-    return config_path.parent / p
-
-
-def schedule(cfg: dict):
-    from ..training import Schedule
-    try:
-        return Schedule(epochs=int(cfg["epochs"]), lr=float(cfg["lr"]), optimizer=str(cfg["optimizer"]),
-                        batch_size=int(cfg["batch_size"]), momentum=float(cfg["momentum"]),
-                        weight_decay=float(cfg["weight_decay"]), bn=str(cfg["bn"]), cache=bool(cfg["cache"]),
-                        cache_limit_mb=int(cfg["cache_limit_mb"]), backend=str(cfg["backend"]))
-    except (TypeError, ValueError) as e:
-        raise ZestError(f"benchmark config: bad schedule setting ({e})") from None
-
-
-def method_labels(cfg: dict) -> list[tuple[str, str, int | None]]:
-    """[(label, method, k)] in table order."""
-    out = []
-    for m in cfg["methods"]:
-        if m in K_METHODS:
-            out += [(f"{m}@{k}", m, k) for k in cfg["k"]]
-        else:
-            out.append((m, m, None))
-    return out
+PLAN_FORMAT, PLAN_VERSION = "zest-edge/benchmark-plan", 2
 
 
 # ------------------------------------------------------------------------------------------------ tasks and selections
 
+class Half(torch.utils.data.Dataset):
+    """The examples `idx` of a labeled dataset, with its labels, classes and kind."""
+
+    def __init__(self, base, idx: np.ndarray, name: str):
+        self.base, self.idx = base, np.asarray(idx)
+        self.labels = base.labels[self.idx]
+        self.classes, self.num_classes, self.kind = base.classes, base.num_classes, base.kind
+        self.spec = f"{base.spec} [{name} half]"
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        return self.base[int(self.idx[i])]
+
+
 class Tasks:
-    """Datasets loaded once per seed; a fresh model (head initialised from the seed) for every use."""
+    """Training data loaded once per seed, the validation set once (drawn with SPLIT_SEED) and cut into its "select"
+    and "test" halves; a fresh model (head initialised from the seed) for every use."""
 
     def __init__(self, cfg: dict):
-        self.cfg, self.by_seed = cfg, {}
+        self.cfg, self.by_seed, self.halves = cfg, {}, None
 
-    def get(self, seed: int):
-        import torch
+    def get(self, seed: int, half: str = "test"):
+        """The seed's task with `half` of the validation set as its val split."""
+        from ..data import build_dataset
         from ..models import attach_spec, build_model
         from ..task import load_task
         c = self.cfg
@@ -160,10 +90,20 @@ class Tasks:
                                            limit=c["limit"], val_limit=c["val_limit"], seed=seed,
                                            data_root=c["data_root"], max_length=c["max_length"])
         task = self.by_seed[seed]
+        if self.halves is None:
+            val = build_dataset(c["data"], "val", preprocess=task.preprocess, limit=task.load_args["val_limit"],
+                                seed=SPLIT_SEED, data_root=c["data_root"])
+            self.halves = {name: Half(val, idx, name)
+                           for name, idx in zip(("select", "test"), select_test_split(val.labels))}
         torch.manual_seed(seed)
         model = build_model(c["model"], num_classes=task.train.num_classes, weights=c["weights"])
         attach_spec(model, dataclasses.replace(model.zest_spec, preprocess=task.preprocess))
-        return dataclasses.replace(task, model=model)
+        return dataclasses.replace(task, model=model, val=self.halves[half])
+
+    def split_info(self) -> dict:
+        """The select/test cut as recorded in plan.json: its seed and each half's size and per-class counts."""
+        return {"seed": SPLIT_SEED, **{name: {"examples": len(h), "per_class": np.bincount(
+            h.labels, minlength=h.num_classes).tolist()} for name, h in self.halves.items()}}
 
 
 def contribution_order(path) -> list[str]:
@@ -229,11 +169,8 @@ def select(method: str, k: int | None, seed: int, tasks: Tasks, cfg: dict, memo:
 
 # ------------------------------------------------------------------------------------------------ running
 
-def run_dir(out: Path, label: str, seed: int) -> Path:
-    return out / "runs" / label / f"seed{seed}"
-
-
 def finished(path: Path, epochs: int) -> bool:
+    """Whether the run folder holds all `epochs` in its metrics.json."""
     from ..io import read_json
     try:
         return len(read_json(path / "metrics.json", "run")["epochs"]) >= epochs
@@ -242,128 +179,95 @@ def finished(path: Path, epochs: int) -> bool:
 
 
 def make_plan(cfg: dict, tasks: Tasks, progress: bool) -> list[dict]:
+    """Every run in order: seed, method, lr (a method's selection is made once per seed, for all lrs)."""
     from tqdm import tqdm
     memo, runs = {}, []
     items = [(label, m, k, s) for s in cfg["seeds"] for label, m, k in method_labels(cfg)]
     for label, method, k, seed in tqdm(items, desc="selections", disable=not progress, leave=False):
         layers, how = select(method, k, seed, tasks, cfg, memo)
-        runs.append({"label": label, "method": method, "k": k, "seed": seed, "layers": layers, "selection": how})
+        runs += [{"label": label, "method": method, "k": k, "lr": lr, "seed": seed, "layers": layers,
+                  "selection": how} for lr in cfg["lr_grid"]]
     return runs
 
 
-def benchmark(config_path, out, *, resume: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) every method × seed of the config into `out`; returns the results record."""
-    from tqdm import tqdm
-    from ..training import config_hash, finetune
-    from ..io import read_json, write_json
-    from ..lora import LoraSpec
-    cfg = load_benchmark_config(config_path)
-    out = Path(out)
+def open_plan(cfg: dict, out: Path, resume: bool) -> dict | None:
+    """The plan of a resumed `out` (None for a fresh one); refuses a non-empty `out` without `resume`, another
+    config's plan and a plan of results version 1."""
+    from ..io import read_json
+    from ..training import config_hash
     plan_path = out / "plan.json"
     if out.exists() and any(out.iterdir()) and not resume:
         raise ZestError(f"output {out} exists and is not empty (use --resume to continue it)")
-    if resume and plan_path.exists():
-        plan = read_json(plan_path, "benchmark-plan")
-        if config_hash(plan["config"]) != config_hash(_jsonable(cfg)):
-            raise ZestError(f"{out} holds a benchmark of a different config; use another --out")
-    else:
-        plan = None
+    if not (resume and plan_path.exists()):
+        return None
+    plan = read_json(plan_path, "benchmark-plan")
+    if plan.get("version") != PLAN_VERSION:
+        raise ZestError(f"{out} holds a benchmark of results version {plan.get('version')} (one lr, no select/test "
+                        f"split), which this version cannot resume; use another --out")
+    if config_hash(plan["config"]) != config_hash(jsonable(cfg)):
+        raise ZestError(f"{out} holds a benchmark of a different config; use another --out")
+    return plan
+
+
+def run_one(run: dict, path: Path, tasks: Tasks, cfg: dict) -> dict:
+    """Train (or continue) one planned run into `path` and return its outcome record, written there last."""
+    import shutil
+    from ..io import read_json, write_json
+    from ..lora import LoraSpec
+    from ..training import evaluate_run, finetune
+    sched = schedule(cfg, run["lr"])
+    outcome = {"format": "zest-edge/benchmark-run", "version": 1, "label": run["label"], "lr": run["lr"],
+               "seed": run["seed"]}
+    if not finished(path, sched.epochs):
+        partial = path.exists() and (path / "config.json").exists()
+        if path.exists() and not partial:
+            shutil.rmtree(path)                         # killed before finetune wrote anything
+        lora = LoraSpec(r=int(cfg["lora_r"])) if run["method"] in LORA_METHODS else None
+        try:
+            finetune(tasks.get(run["seed"]), run["layers"], sched, path, resume=partial,
+                     selection={**run["selection"], "benchmark": run["label"]}, progress=False, lora=lora)
+        except Diverged as e:
+            outcome.update({"status": "diverged", "select_acc": None, "test_acc": None, "error": str(e)})
+    if "status" not in outcome:
+        outcome.update({"status": "finished", "select_acc": evaluate_run(tasks.get(run["seed"], "select"), path),
+                        "test_acc": read_json(path / "metrics.json", "run")["epochs"][-1]["val_acc"]})
+    path.mkdir(parents=True, exist_ok=True)             # a run diverging in its first epoch leaves no folder
+    write_json(path / OUTCOME, outcome)
+    return outcome
+
+
+def benchmark(config_path, out, *, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) every method × lr × seed of the config into `out`; returns the results record."""
+    from tqdm import tqdm
+    from ..io import write_json, write_text
+    from .benchmark_report import plot_curves, results_table
+    from .benchmark_results import summarize
+    cfg = load_benchmark_config(config_path)
+    out = Path(out)
+    plan = open_plan(cfg, out, resume)
     if cfg["threads"]:
-        import torch
         torch.set_num_threads(int(cfg["threads"]))
     tasks = Tasks(cfg)
     if plan is None:
-        plan = {"format": "zest-edge/benchmark-plan", "version": 1, "config": _jsonable(cfg),
-                "config_file": str(config_path), "runs": make_plan(cfg, tasks, progress)}
+        runs = make_plan(cfg, tasks, progress)
+        plan = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "config": jsonable(cfg),
+                "config_file": str(config_path), "split": tasks.split_info(), "runs": runs}
         out.mkdir(parents=True, exist_ok=True)
-        write_json(plan_path, plan)
-    sched = schedule(cfg)
+        write_json(out / "plan.json", plan)
     start = time.perf_counter()
     bar = tqdm(plan["runs"], desc="benchmark", unit="run", disable=not progress)
     for run in bar:
-        path = run_dir(out, run["label"], run["seed"])
-        bar.set_postfix_str(f"{run['label']} seed {run['seed']}")
-        if finished(path, sched.epochs):
+        path = run_dir(out, run["label"], run["lr"], run["seed"])
+        bar.set_postfix_str(f"{run['label']} lr {run['lr']:g} seed {run['seed']}")
+        if (path / OUTCOME).exists():
             continue
-        partial = path.exists() and (path / "config.json").exists()
-        if path.exists() and not partial:
-            import shutil
-            shutil.rmtree(path)                         # killed before finetune wrote anything
-        task = tasks.get(run["seed"])
-        lora = LoraSpec(r=int(cfg["lora_r"])) if run["method"] in LORA_METHODS else None
-        finetune(task, run["layers"], dataclasses.replace(sched), path, resume=partial,
-                 selection={**run["selection"], "benchmark": run["label"]}, progress=False, lora=lora)
+        run_one(run, path, tasks, cfg)
         write_json(out / "results.json", summarize(cfg, plan, out, complete=False))
     bar.close()
     record = summarize(cfg, plan, out, complete=True)
     record["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "results.json", record)
-    from ..io import write_text
-    from .benchmark_report import plot_curves, results_table
     write_text(out / "results.md", results_table(record))
     plot_curves(record, out / "curves.png")
     return record
 
-
-def _jsonable(cfg: dict) -> dict:
-    import json
-    return json.loads(json.dumps(cfg))
-
-
-# ------------------------------------------------------------------------------------------------ results
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarize(cfg: dict, plan: dict, out: Path, complete: bool) -> dict:
-    """Per method: final val acc mean ± std over seeds, params, median step ms, mean per-epoch curve."""
-    from ..io import read_json
-    methods = []
-    for label, method, k in method_labels(cfg):
-        runs = [r for r in plan["runs"] if r["label"] == label]
-        recs, seeds, layers = [], [], {}
-        for r in runs:
-            path = run_dir(out, label, r["seed"])
-            if not finished(path, int(cfg["epochs"])):
-                continue
-            recs.append(read_json(path / "metrics.json", "run"))
-            seeds.append(r["seed"])
-            layers[str(r["seed"])] = r["layers"]
-        entry = {"method": label, "kind": method, "k": k, "seeds": seeds, "runs_done": len(recs),
-                 "runs_planned": len(runs), "layers": layers,
-                 "runs": [str(run_dir(Path("runs"), label, s)) for s in seeds]}
-        if recs:
-            finals = [rec["epochs"][-1]["val_acc"] for rec in recs]
-            bests = [max(e["val_acc"] for e in rec["epochs"]) for rec in recs]
-            curves = [[rec["epochs"][0]["val_acc_before"]] + [e["val_acc"] for e in rec["epochs"]] for rec in recs]
-            n = min(len(c) for c in curves)
-            curve_mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
-            curve_std = [statistics.stdev(c[i] for c in curves) if len(curves) > 1 else 0.0 for i in range(n)]
-            steps = [e["step_ms_median"] for rec in recs for e in rec["epochs"]]
-            params = [rec["trainable_params"] for rec in recs]
-            mean, std = _mean_std(finals)
-            entry.update({
-                "final_val_acc_mean": mean, "final_val_acc_std": std, "final_val_acc": finals,
-                "best_val_acc_mean": statistics.fmean(bests), "val_acc_before_mean": curve_mean[0],
-                "trainable_params": round(statistics.fmean(params)), "trainable_params_per_seed": params,
-                "total_params": recs[0]["total_params"],
-                "trainable_share": statistics.fmean(rec["trainable_share"] for rec in recs),
-                "step_ms_median": statistics.median(steps), "feature_cache": any(rec["feature_cache"] for rec in recs),
-                "curve_mean": curve_mean, "curve_std": curve_std})
-        methods.append(entry)
-    full = next((m for m in methods if m["kind"] == "full" and m.get("final_val_acc_mean") is not None), None)
-    for m in methods:
-        ok = full is not None and m.get("final_val_acc_mean") is not None
-        m["delta_vs_full"] = m["final_val_acc_mean"] - full["final_val_acc_mean"] if ok else None
-        m["speedup_vs_full"] = (full["step_ms_median"] / m["step_ms_median"]
-                                if ok and m["step_ms_median"] else None)
-    from .machine import cpu_model
-    import torch
-    return {"format": FORMAT, "version": VERSION, "complete": complete, "name": cfg.get("name"),
-            "model": cfg["model"], "data": cfg["data"], "config": _jsonable(cfg),
-            "schedule": dataclasses.asdict(schedule(cfg)),
-            "machine": {"cpu": cpu_model(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
-            "methods": methods}
