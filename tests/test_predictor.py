@@ -9,7 +9,7 @@ from scipy.stats import kendalltau
 from zest_edge.errors import ZestError
 from zest_edge.features import feature_matrix, feature_set
 from zest_edge.predictor import SCORERS, Combination, Predictor, train
-from zest_edge.bench.predictor_eval import ceilings, evaluate, noise_ceiling, tau
+from zest_edge.bench.predictor_eval import ceilings, evaluate, markdown, noise_ceiling, tau
 
 METRICS = ["snip", "grad_norm", "fisher"]
 
@@ -187,6 +187,8 @@ def test_ceilings_measured_on_retests_estimated_elsewhere():
     assert noise_ceiling(clean, 0.0) == pytest.approx(1.0)
     res = evaluate([first, clean, noisy], METRICS, schemes=("model",), retests={"a/x@64px": again}, epochs=20)
     assert res["ceilings"]["c/x@64px"]["tau"] < res["low_ceiling"]
+    text = markdown(res, METRICS)
+    assert "Down-weighted (ceiling < 0.5): c/x@64px." in text and "| b/x@64px | 30 | 0.9" in text and " est. |" in text
 
 
 def test_a_corrupt_scorer_model_is_a_clear_error(tmp_path):

@@ -170,7 +170,7 @@ def markdown(results: dict, metric_names: list[str]) -> str:
         return "no held-out combination (one model and one dataset only)\n"
     names = list(results[schemes[0]]["mean"]["predictor_tau"])
     out = [f"Chosen: **{results['chosen']}** (by {results['chosen_by']}). Ceiling: the combination's test-retest τ "
-           f"(measured, or expected from its standard errors); training combinations with a ceiling below "
+           f"(measured, or — marked est. — expected from its standard errors); training combinations with a ceiling below "
            f"{results['low_ceiling']} count {results['low_weight']}×.", ""]
     ceil = results["ceilings"]
     if ceil["noise_per_se"] is not None:
@@ -186,7 +186,8 @@ def markdown(results: dict, metric_names: list[str]) -> str:
                 " | best-on-train metric | τ | oracle metric (Best ZS) | τ | random |",
                 "|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|"]
         for r in res["rows"]:
-            ceil = "n/a" if r["ceiling_tau"] is None else f"{r['ceiling_tau']:.2f}"
+            source = results["ceilings"][r["combination"]]["source"]
+            ceil = "n/a" if r["ceiling_tau"] is None else f"{r['ceiling_tau']:.2f}" + (" est." if source == "estimated" else "")
             cells = " | ".join(f"{r['predictor_tau'][n]:.3f} ({r['predictor_top5'][n] * 5:.0f})" for n in names)
             out.append(f"| {r['combination']} | {r['layers']} | {ceil} | {cells} | {r['best_train_metric']} | "
                        f"{r['best_train_metric_tau']:.3f} | {r['oracle_metric']} | {r['oracle_tau']:.3f} | "
