@@ -205,3 +205,23 @@ def test_a_corrupt_scorer_model_is_a_clear_error(tmp_path):
         (tmp_path / "bad.json").write_text(json.dumps(obj))
         with pytest.raises(ZestError, match=message):
             Predictor.load(tmp_path / "bad.json")
+
+
+def test_cli_train_and_eval_agree_on_the_committed_corpus(monkeypatch, capsys, tmp_path):
+    """On the committed corpus-v2 sweeps: `train-predictor --exclude X` then scoring X gives the τ that
+    `eval-predictor` reports for X held out, recomputed here with scipy."""
+    from pathlib import Path
+    from cli_helpers import run_main
+    corpus = Path(__file__).parent.parent / "corpus"
+    code, out, _ = run_main(monkeypatch, capsys, "train-predictor", "--corpus", str(corpus), "--exclude", "lite1_animal",
+                            "--scorer", "lambdarank", "--features", "v1", "--out", str(tmp_path / "p.json"))
+    assert code == 0 and "trained a lambdarank scorer on 1 combination (3 metric batches, features v1)" in out
+    held = json.loads((corpus / "lite1_animal.json").read_text())
+    y = [l["contribution"] for l in held["layers"]]
+    expected = kendalltau(Predictor.load(tmp_path / "p.json").score(held["layers"]), y).statistic
+    code, _, _ = run_main(monkeypatch, capsys, "eval-predictor", "--corpus", str(corpus), "--candidates",
+                          "lambdarank/v1,pairwise/v1", "--schemes", "model", "--out", str(tmp_path / "eval"))
+    results = json.loads((tmp_path / "eval" / "eval.json").read_text())["results"]
+    row = next(r for r in results["model"]["rows"] if r["combination"].startswith("efficientnet_lite1/animal_mnist"))
+    assert code == 0 and row["predictor_tau"]["lambdarank/v1"] == pytest.approx(expected, abs=1e-9)
+    assert results["chosen"] in ("lambdarank/v1", "pairwise/v1") and (tmp_path / "eval" / "eval.md").is_file()

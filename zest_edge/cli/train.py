@@ -153,7 +153,8 @@ def train_predictor(corpus, exclude, out, scorer, features, seed):
                                   "corpus": [c["file"] for c in combos],
                                   "weights": {combination_name(c): t.weight for c, t in zip(combos, train_set)}})
     predictor.save(out)
-    click.echo(f"trained a {scorer} scorer on {len(combos)} combinations ({predictor.provenance['groups']} metric "
+    click.echo(f"trained a {scorer} scorer on {len(combos)} combination{'s' * (len(combos) != 1)} "
+               f"({predictor.provenance['groups']} metric "
                f"batches, features {features}); wrote {out}")
 
 
