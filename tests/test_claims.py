@@ -12,7 +12,7 @@ from zest_edge.errors import ZestError
 from zest_edge.io import atomic_dir, atomic_write_bytes
 from zest_edge.sparse import sparsify
 from zest_edge.task import load_task
-from zest_edge.training import Schedule, finetune
+from zest_edge.training import Schedule, finetune, load_run
 
 RES = 32
 LATE = ["features.16.conv.1.0", "features.16.conv.2"]
@@ -130,6 +130,23 @@ def test_finetune_then_evaluate_through_the_cli(monkeypatch, capsys, tmp_path):
     assert code == 0, err
     assert f"val acc {metrics['epochs'][-1]['val_acc']:.4f}" in out
     assert "classifier.1.weight" in load_file(tmp_path / "merged.safetensors")
+
+
+@pytest.mark.parametrize("layers,bn", [(None, "frozen"), (LATE, "train-selected")])
+def test_a_checkpoint_carries_the_batchnorm_statistics_that_trained(tmp_path, layers, bn):
+    """Full fine-tuning (and --bn train-selected) moves BatchNorm running statistics: the run folder carries them,
+    so evaluate and resume rebuild the trained model, not the trained weights over the old statistics."""
+    args = dict(resolution=RES, limit=48)
+    task = load_task("mobilenet_v2", "fashion_mnist", **args)
+    before = {n: b.clone() for n, b in task.model.named_buffers() if "running" in n}
+    finetune(task, layers, Schedule(epochs=1, lr=0.05, batch_size=16, bn=bn), tmp_path / "run", progress=False)
+    trained = {n: b.clone() for n, b in task.model.named_buffers() if "running" in n}
+    moved = [n for n in trained if not torch.equal(before[n], trained[n])]
+    assert moved
+    fresh = load_task("mobilenet_v2", "fashion_mnist", **args)
+    load_run(fresh, tmp_path / "run")
+    restored = dict(fresh.model.named_buffers())
+    assert all(torch.equal(restored[n], trained[n]) for n in trained)
 
 
 def test_doctor_reports_versions_and_the_fused_backend(monkeypatch, capsys):

@@ -352,11 +352,11 @@ def test_files_read_back_are_checked_against_their_schema(finished, device_run, 
     one_line_error(code, err, "manifest.json: optimizer is missing (expected a mapping with kind, lr, batch_size)")
     from zest_edge.ranking import DEFAULT_PREDICTOR                 # a predictor file
     predictor = json.loads(DEFAULT_PREDICTOR.read_text())
-    predictor["weights"]["skip"][3] = None
+    predictor["model"]["lightgbm_model"] = None
     (tmp_path / "p.json").write_text(json.dumps(predictor))
     code, _, err = run_main(monkeypatch, capsys, "rank", *TASK, "--predictor", str(tmp_path / "p.json"),
                             "--out", str(tmp_path / "r.json"))
-    one_line_error(code, err, "p.json: weights.skip[3] must be a number, got None")
+    one_line_error(code, err, "p.json: model.lightgbm_model must be a string, got None")
     assert not (tmp_path / "r.json").exists()
 
 

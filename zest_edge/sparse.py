@@ -45,9 +45,10 @@ class SparseModel:
         for name, m in self.model.named_modules():
             if isinstance(m, _BN) and name not in trained:
                 m.eval()
-        for prefixes, _ in self.prefix:
+        for prefixes, _ in self.prefix:           # whole module paths: stage "features.1" is not "features.16"
+            inside = tuple(p + "." for p in prefixes)
             for name, m in self.model.named_modules():
-                if name.startswith(prefixes):
+                if name in prefixes or name.startswith(inside):
                     m.eval()
 
     @torch.no_grad()

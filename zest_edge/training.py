@@ -162,8 +162,16 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def bn_buffers(sm: SparseModel) -> dict[str, torch.Tensor]:
+    """The running statistics of the BatchNorm modules that train (full fine-tuning, --bn train-selected): they
+    change with training, so a checkpoint without them evaluates a different model."""
+    modules = dict(sm.model.named_modules())
+    return {f"{m}.{b}": t for m in sm.trained_bn for b, t in modules[m].named_buffers(recurse=False)}
+
+
 def save_state(out: Path, sm: SparseModel, opt: FusedOptimizer, epoch: int) -> None:
     tensors = {f"param/{n}": p.detach().contiguous() for n, p in sm.trainable}
+    tensors.update({f"buffer/{n}": t.detach().contiguous() for n, t in bn_buffers(sm).items()})
     tensors.update({f"opt/{k}": v.contiguous() for k, v in opt.state_tensors().items()})
     tensors["rng/torch"] = torch.get_rng_state()
     atomic_write_bytes(out / "trained.safetensors", save(tensors, metadata={"epoch": str(epoch), "format": "zest-edge/trained"}))
@@ -215,9 +223,7 @@ def finetune(task: Task, layers: list[str] | None, schedule: Schedule, out, *, r
     opt = make_optimizer([p for _, p in sm.trainable], schedule)
     if resume and not replace and (out / "trained.safetensors").exists():
         tensors, start_epoch = load_trained(out / "trained.safetensors")
-        with torch.no_grad():
-            for n, p in sm.trainable:
-                p.copy_(tensors[f"param/{n}"])
+        restore_state(sm, tensors, out)
         opt.load_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("opt/")})
         torch.set_rng_state(tensors["rng/torch"])
         records = read_record(out / "metrics.json", RunFile)[0]["epochs"][:start_epoch]
@@ -295,9 +301,18 @@ def load_run(task: Task, run_dir) -> SparseModel:
         return sparsify(merge_adapter(task.model, run_dir / ADAPTER_DIR), config.layers, bn=config.schedule.bn)
     tensors, _ = load_trained(run_dir / "trained.safetensors")
     sm = sparsify(task.model, config.layers, bn=config.schedule.bn)
-    with torch.no_grad():
-        for n, p in sm.trainable:
-            if f"param/{n}" not in tensors:
-                raise ZestError(f"checkpoint in {run_dir} lacks {n}")
-            p.copy_(tensors[f"param/{n}"])
+    restore_state(sm, tensors, run_dir)
     return sm
+
+
+def restore_state(sm: SparseModel, tensors: dict, run_dir) -> None:
+    """Copy a checkpoint's trained parameters and trained-BN running statistics into `sm`; either missing is an
+    error naming it (a checkpoint from before BN statistics were saved cannot be evaluated faithfully)."""
+    targets = {f"param/{n}": p for n, p in sm.trainable} | {f"buffer/{n}": t for n, t in bn_buffers(sm).items()}
+    missing = [k for k in targets if k not in tensors]
+    if missing:
+        raise ZestError(f"checkpoint in {run_dir} lacks {missing[0].split('/', 1)[1]}"
+                        + (" (BatchNorm running statistics)" if missing[0].startswith("buffer/") else ""))
+    with torch.no_grad():
+        for k, t in targets.items():
+            t.copy_(tensors[k])
