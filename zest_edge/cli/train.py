@@ -142,6 +142,8 @@ def read_corpus(corpus, exclude):
 def train_predictor(corpus, exclude, out, scorer, features, seed):
     """Train a predictor on a corpus of contribution sweeps (noisy combinations down-weighted as eval-predictor)."""
     import datetime
+    import hashlib
+    import json
     from ..predictor import Combination, train
     from ..corpus import combination_name
     from ..bench.predictor_eval import batches, ceilings, contributions, weight
@@ -149,9 +151,10 @@ def train_predictor(corpus, exclude, out, scorer, features, seed):
     ceiling = ceilings(combos, retests)
     train_set = [Combination(batches(c), contributions(c), weight(ceiling[combination_name(c)])) for c in combos]
     predictor = train(train_set, names, scorer=scorer, features=features, seed=seed,
-                      provenance={"id": f"zest-{datetime.date.today().isoformat()}",
-                                  "corpus": [c["file"] for c in combos],
+                      provenance={"corpus": [c["file"] for c in combos],
                                   "weights": {combination_name(c): t.weight for c, t in zip(combos, train_set)}})
+    model = hashlib.sha256(json.dumps(predictor.scorer.to_json(), sort_keys=True).encode()).hexdigest()
+    predictor.provenance["id"] = f"zest-{datetime.date.today().isoformat()}-{model[:8]}"   # rankings name it
     predictor.save(out)
     click.echo(f"trained a {scorer} scorer on {len(combos)} combination{'s' * (len(combos) != 1)} "
                f"({predictor.provenance['groups']} metric "
