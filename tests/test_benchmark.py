@@ -333,3 +333,28 @@ def test_v2_refuses_an_old_results_folder_and_bad_grids(tmp_path):
                             ({"lr": 0.1}, "not both")):
         with pytest.raises(ZestError, match=message):
             bm.load_benchmark_config(v2_config(tmp_path, **change))
+
+
+def test_curves_use_no_colour_twice_in_a_panel(monkeypatch, tmp_path):
+    """Figure-3 shape: a panel per k, full black, ZEST solid, every baseline dashed, no colour twice in a panel."""
+    from matplotlib.colors import to_hex
+    from zest_edge import plots
+    from zest_edge.bench.benchmark_report import plot_curves
+    names = ["full", "head-only"] + [f"{m}@{k}" for k in (3, 5) for m in
+                                     ("zest", "random", "best-metric", "rgn", "largest", "last", "contribution", "lora-zest")]
+    record = {"model": "m", "data": "d", "methods": [{"method": n, "curve_mean": [0.1, 0.5], "curve_std": [0, 0]}
+                                                     for n in names]}
+    saved = []
+    monkeypatch.setattr(plots, "save", lambda fig, path: saved.append(fig))
+    plot_curves(record, tmp_path / "c.png")
+    axes = saved[0].axes
+    assert [ax.get_title() for ax in axes] == ["k = 3", "k = 5"]
+    for ax in axes:
+        lines = {l.get_label(): l for l in ax.get_lines()}
+        assert len(lines) == 10
+        colours = [to_hex(l.get_color()) for l in lines.values()]
+        assert len(set(colours)) == len(colours), colours
+        assert to_hex(lines["full"].get_color()) == "#000000"
+        zest = next(l for n, l in lines.items() if n.startswith("zest@"))
+        assert zest.get_linestyle() == "-" and all(l.get_linestyle() == "--" for n, l in lines.items()
+                                                  if n not in ("full", "head-only") and not n.startswith("zest@"))

@@ -1,5 +1,8 @@
 """The benchmark's results as Markdown tables and as test-accuracy curves in the paper's Figure 3 shape."""
 
+# the baselines' colours: the palette without ZEST's blue and without the grey head-only uses, so no colour repeats
+BASELINE_COLORS = ("#DD8452", "#C44E52", "#55A868", "#8172B3", "#937860", "#DA8BC3", "#CCB974", "#64B5CD")
+
 
 def _pct(v):
     return "n/a" if v is None else f"{100 * v:.2f}"
@@ -69,7 +72,8 @@ def plot_curves(record: dict, path) -> None:
     fig, axes = plots.figure(1, max(len(ks), 1), width=4.6, height=3.8)
     for ax, k in zip(axes, ks or [None]):
         shown = [m for m in methods if "@" not in m["method"] or m["method"].endswith(f"@{k}")]
-        for i, m in enumerate(shown):
+        baselines = iter(BASELINE_COLORS)
+        for m in shown:
             name, xs = m["method"], list(range(len(m["curve_mean"])))
             if name == "full":
                 style = ("black", "-")
@@ -78,7 +82,7 @@ def plot_curves(record: dict, path) -> None:
             elif name.startswith("zest@"):
                 style = (plots.color(0), "-")
             else:
-                style = (plots.color(i + 1), "--")
+                style = (next(baselines), "--")
             ax.plot(xs, m["curve_mean"], style[1], color=style[0], marker="o", markersize=3, label=name,
                     linewidth=2.0 if name.startswith("zest@") else 1.2)
             lo = [y - s for y, s in zip(m["curve_mean"], m["curve_std"])]
