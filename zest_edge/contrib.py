@@ -33,7 +33,7 @@ from .training import Schedule, config_hash, make_optimizer
 from .io import append_jsonl, read_jsonl, repair_jsonl
 from .schema import parse
 from .layers import layer_map
-from .sparse import sparsify
+from .sparse import in_stage, sparsify
 from .task import Task, load_task
 
 HEAD = "__head__"
@@ -282,7 +282,7 @@ def run_jobs_local(sweep: SweepConfig, task: Task, jobs: list, emit, kind: str, 
     owner = {}
     for i, (prefixes, _) in enumerate(stages):
         for name, _ in task.model.named_modules():
-            if name in prefixes or name.startswith(tuple(p + "." for p in prefixes)):
+            if in_stage(name, prefixes):
                 owner.setdefault(name, i)
     owner[HEAD] = owner[task.model.zest_spec.head]
     jobs = sorted(jobs, key=lambda j: (owner[j[0]], j[0], j[1]))

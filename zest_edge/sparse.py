@@ -45,10 +45,9 @@ class SparseModel:
         for name, m in self.model.named_modules():
             if isinstance(m, _BN) and name not in trained:
                 m.eval()
-        for prefixes, _ in self.prefix:           # whole module paths: stage "features.1" is not "features.16"
-            inside = tuple(p + "." for p in prefixes)
+        for prefixes, _ in self.prefix:
             for name, m in self.model.named_modules():
-                if name in prefixes or name.startswith(inside):
+                if in_stage(name, prefixes):
                     m.eval()
 
     @torch.no_grad()
@@ -82,6 +81,12 @@ class SparseModel:
 
     def total_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+def in_stage(name: str, prefixes) -> bool:
+    """Whether module `name` is one of a stage's modules or inside one (whole path components: stage
+    "features.1" does not hold "features.16")."""
+    return name in prefixes or name.startswith(tuple(p + "." for p in prefixes))
 
 
 def following_bn(model: nn.Module, layer_names: list[str], example) -> list[str]:
@@ -126,7 +131,7 @@ def sparsify(model: nn.Module, layers: list[str] | None, bn: str = "frozen") -> 
     cut = 0
     if stages and not full:
         first = selected[0].name if selected else spec.head      # layers=[]: head only
-        owners = [i for i, (prefixes, _) in enumerate(stages) if first.startswith(tuple(p + "." for p in prefixes)) or first in prefixes]
+        owners = [i for i, (prefixes, _) in enumerate(stages) if in_stage(first, prefixes)]
         if not owners:
             raise ZestError(f"layer {first!r} belongs to no stage of {spec.name}")
         cut = owners[0]

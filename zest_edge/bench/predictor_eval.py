@@ -14,17 +14,16 @@ from scipy.stats import kendalltau
 
 from ..corpus import combination_name
 from ..predictor import Combination, train
+from ..registry import Registry
 
-CANDIDATES = {"pairwise/v1": {"scorer": "pairwise", "features": "v1"},
-              "pairwise/v2": {"scorer": "pairwise", "features": "v2"},
-              "lambdarank/v1": {"scorer": "lambdarank", "features": "v1"},
-              "lambdarank/v2": {"scorer": "lambdarank", "features": "v2"},
-              "lambdarank/structure": {"scorer": "lambdarank", "features": "structure"},
-              "ensemble/v2": {"scorer": "ensemble", "features": "v2"}}
+CANDIDATES = Registry("candidate")          # "scorer/feature set" -> predictor.train arguments
+CANDIDATES.update({f"{scorer}/{features}": {"scorer": scorer, "features": features} for scorer, features in
+                   [("pairwise", "v1"), ("pairwise", "v2"), ("lambdarank", "v1"), ("lambdarank", "v2"),
+                    ("lambdarank", "structure"), ("ensemble", "v2")]})
 LOW_CEILING, LOW_WEIGHT = 0.5, 0.25
 
-
-SCHEMES = {"model": lambda c: c["model"], "dataset": lambda c: c["data"], "combination": combination_name}
+SCHEMES = Registry("scheme")                # leave-one-X-out: X of a combination
+SCHEMES.update({"model": lambda c: c["model"], "dataset": lambda c: c["data"], "combination": combination_name})
 
 
 def tau(a, b) -> float:
@@ -92,6 +91,11 @@ def weight(ceiling: dict) -> float:
     return LOW_WEIGHT if ceiling["tau"] is not None and ceiling["tau"] < LOW_CEILING else 1.0
 
 
+def training_set(combos: list[dict], ceiling: dict) -> list[Combination]:
+    """Combinations as predictor.train takes them: every metric minibatch, weighted by their `ceilings`."""
+    return [Combination(batches(c), contributions(c), weight(ceiling[combination_name(c)])) for c in combos]
+
+
 def metric_values(c, metric: str) -> np.ndarray:
     """One metric over a combination's layers; null (non-finite) values are NaN."""
     return np.array([l["metrics"][metric] for l in c["layers"]], dtype=np.float64)
@@ -110,7 +114,7 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dat
              candidates: dict | None = None, retests: dict | None = None, **train_kwargs) -> dict:
     """{"ceilings": ..., scheme: {"rows": [per held-out combination], "mean": {...}}}; `train_kwargs` go to every
     candidate (e.g. epochs for the pairwise scorer)."""
-    candidates = candidates or {"pairwise/v1": {"scorer": "pairwise", "features": "v1"}}
+    candidates = candidates or {"pairwise/v1": CANDIDATES["pairwise/v1"]}
     rng = np.random.default_rng(0)
     ceiling = ceilings(combos, retests or {})
     per_combo_taus = {id(c): metric_taus(c, metric_names) for c in combos}
@@ -123,7 +127,7 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dat
             rest = [c for c in combos if key(c) != group]
             if not rest:
                 continue
-            train_set = [Combination(batches(c), contributions(c), weight(ceiling[combination_name(c)])) for c in rest]
+            train_set = training_set(rest, ceiling)
             predictors = {name: train(train_set, metric_names, **kw, **_for(kw["scorer"], train_kwargs))
                           for name, kw in candidates.items()}
             signed = {(m, s): np.mean([s * per_combo_taus[id(c)][m] for c in rest]) for m in metric_names for s in (1, -1)}
@@ -172,11 +176,12 @@ def markdown(results: dict, metric_names: list[str]) -> str:
     out = [f"Chosen: **{results['chosen']}** (by {results['chosen_by']}). Ceiling: the combination's test-retest τ "
            f"(measured, or — marked est. — expected from its standard errors); training combinations with a ceiling below "
            f"{results['low_ceiling']} count {results['low_weight']}×.", ""]
-    ceil = results["ceilings"]
-    if ceil["noise_per_se"] is not None:
-        out += [f"Training-seed noise measured on the retests: {ceil['noise_per_se']:.2f} × the binomial SE of a score "
-                f"(ceilings without a retest are estimated from it).", ""]
-    low = [n for n, c in ceil.items() if n != "noise_per_se" and c["tau"] is not None and c["tau"] < results["low_ceiling"]]
+    ceilings_ = results["ceilings"]
+    if ceilings_["noise_per_se"] is not None:
+        out += [f"Training-seed noise measured on the retests: {ceilings_['noise_per_se']:.2f} × the binomial SE of a "
+                f"score (ceilings without a retest are estimated from it).", ""]
+    low = [n for n, c in ceilings_.items()
+           if n != "noise_per_se" and c["tau"] is not None and c["tau"] < results["low_ceiling"]]
     if low:
         out += [f"Down-weighted (ceiling < {results['low_ceiling']}): {', '.join(low)}.", ""]
     for scheme in schemes:
@@ -186,8 +191,8 @@ def markdown(results: dict, metric_names: list[str]) -> str:
                 " | best-on-train metric | τ | oracle metric (Best ZS) | τ | random |",
                 "|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|"]
         for r in res["rows"]:
-            source = results["ceilings"][r["combination"]]["source"]
-            ceil = "n/a" if r["ceiling_tau"] is None else f"{r['ceiling_tau']:.2f}" + (" est." if source == "estimated" else "")
+            estimated = ceilings_[r["combination"]]["source"] == "estimated"
+            ceil = "n/a" if r["ceiling_tau"] is None else f"{r['ceiling_tau']:.2f}" + (" est." if estimated else "")
             cells = " | ".join(f"{r['predictor_tau'][n]:.3f} ({r['predictor_top5'][n] * 5:.0f})" for n in names)
             out.append(f"| {r['combination']} | {r['layers']} | {ceil} | {cells} | {r['best_train_metric']} | "
                        f"{r['best_train_metric_tau']:.3f} | {r['oracle_metric']} | {r['oracle_tau']:.3f} | "

@@ -142,23 +142,20 @@ def read_corpus(corpus, exclude):
 def train_predictor(corpus, exclude, out, scorer, features, seed):
     """Train a predictor on a corpus of contribution sweeps (noisy combinations down-weighted as eval-predictor)."""
     import datetime
-    import hashlib
-    import json
-    from ..predictor import Combination, train
+    from ..predictor import train
+    from ..training import config_hash
     from ..corpus import combination_name
-    from ..bench.predictor_eval import batches, ceilings, contributions, weight
+    from ..bench.predictor_eval import ceilings, training_set
     combos, names, retests = read_corpus(corpus, exclude)
-    ceiling = ceilings(combos, retests)
-    train_set = [Combination(batches(c), contributions(c), weight(ceiling[combination_name(c)])) for c in combos]
+    train_set = training_set(combos, ceilings(combos, retests))
     predictor = train(train_set, names, scorer=scorer, features=features, seed=seed,
                       provenance={"corpus": [c["file"] for c in combos],
                                   "weights": {combination_name(c): t.weight for c, t in zip(combos, train_set)}})
-    model = hashlib.sha256(json.dumps(predictor.scorer.to_json(), sort_keys=True).encode()).hexdigest()
-    predictor.provenance["id"] = f"zest-{datetime.date.today().isoformat()}-{model[:8]}"   # rankings name it
+    digest = config_hash(predictor.scorer.to_json())[:8]              # the JSON digest runs are named by
+    predictor.provenance["id"] = f"zest-{datetime.date.today().isoformat()}-{digest}"   # rankings name it
     predictor.save(out)
     click.echo(f"trained a {scorer} scorer on {len(combos)} combination{'s' * (len(combos) != 1)} "
-               f"({predictor.provenance['groups']} metric "
-               f"batches, features {features}); wrote {out}")
+               f"({predictor.provenance['groups']} metric batches, features {features}); wrote {out}")
 
 
 @click.command("eval-predictor")
@@ -171,17 +168,13 @@ def eval_predictor(corpus, exclude, out, candidates, schemes):
     """Held-out Kendall τ of candidate predictors vs single metrics and the ground truth's ceiling (leave-one-out)."""
     from pathlib import Path
     from ..io import write_json, write_text
-    from ..registry import suggest
     from ..bench.predictor_eval import CANDIDATES, SCHEMES, evaluate, markdown
     combos, names, retests = read_corpus(corpus, exclude)
-    chosen = candidates.split(",") if candidates else list(CANDIDATES)
+    chosen = {n: CANDIDATES.get_or_fail(n) for n in (candidates.split(",") if candidates else CANDIDATES)}
     schemes = schemes.split(",")
-    for name, known in [(n, CANDIDATES) for n in chosen] + [(s, SCHEMES) for s in schemes]:
-        if name not in known:
-            raise ZestError(f"unknown {'candidate' if known is CANDIDATES else 'scheme'} {name!r}{suggest(name, known)}; "
-                            f"choose from: {', '.join(known)}")
-    results = evaluate(combos, names, schemes=schemes, candidates={n: CANDIDATES[n] for n in chosen},
-                       retests=retests)
+    for scheme in schemes:
+        SCHEMES.get_or_fail(scheme)
+    results = evaluate(combos, names, schemes=schemes, candidates=chosen, retests=retests)
     text = markdown(results, names)
     click.echo(text)
     if out:
