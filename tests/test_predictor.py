@@ -86,6 +86,8 @@ def test_feature_sets_and_the_v2_features():
     layers[2].update(in_channels=96, out_channels=24)         # a projection
     v1, v2 = feature_set("v1", METRICS), feature_set("v2", METRICS)
     assert set(v1) < set(v2) and len(v1) == 2 * len(METRICS) + 9 and len(v2) == len(v1) + len(METRICS) + 2
+    structure, metrics = feature_set("structure", METRICS), feature_set("metrics", METRICS)
+    assert sorted(structure + metrics) == sorted(v2) and not set(structure) & set(metrics)
     x = feature_matrix(layers, v2)
     col = {n: x[:, i] for i, n in enumerate(v2)}
     assert col["channel_ratio"][1] == pytest.approx(np.log(6)) and col["channel_ratio"][2] == pytest.approx(np.log(24 / 96))

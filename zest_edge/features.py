@@ -43,7 +43,7 @@ def rank01(v: np.ndarray) -> np.ndarray:
 
 def feature_set(name: str, metric_names: list[str]) -> list[str]:
     """The named feature sets: "v1" (metric ranks and log z-scores, v1 structure), "v2" (v1 + metrics per
-    parameter + block position and stage), "structure" (v2 structure alone)."""
+    parameter + block position and stage), "structure" (v2 structure alone), "metrics" (v2 without structure)."""
     if name == "v1":
         return [f"{m}:rank" for m in metric_names] + [f"{m}:zlog" for m in metric_names] + STRUCTURE_V1
     if name == "v2":
@@ -51,7 +51,9 @@ def feature_set(name: str, metric_names: list[str]) -> list[str]:
             f"{m}:per_param:zlog" for m in metric_names] + STRUCTURE_V2
     if name == "structure":
         return list(STRUCTURE_V2)
-    raise ZestError(f"unknown feature set {name!r}; known: v1, v2, structure")
+    if name == "metrics":
+        return feature_set("v2", metric_names)[:-len(STRUCTURE_V2)]
+    raise ZestError(f"unknown feature set {name!r}; known: v1, v2, structure, metrics")
 
 
 def feature_matrix(layers: list[dict], names: list[str]) -> np.ndarray:

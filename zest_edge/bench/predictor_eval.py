@@ -19,7 +19,7 @@ from ..registry import Registry
 CANDIDATES = Registry("candidate")          # "scorer/feature set" -> predictor.train arguments
 CANDIDATES.update({f"{scorer}/{features}": {"scorer": scorer, "features": features} for scorer, features in
                    [("pairwise", "v1"), ("pairwise", "v2"), ("lambdarank", "v1"), ("lambdarank", "v2"),
-                    ("lambdarank", "structure"), ("ensemble", "v2")]})
+                    ("lambdarank", "structure"), ("lambdarank", "metrics"), ("ensemble", "v2")]})
 LOW_CEILING, LOW_WEIGHT = 0.5, 0.25
 
 SCHEMES = Registry("scheme")                # leave-one-X-out: X of a combination

@@ -137,7 +137,7 @@ def read_corpus(corpus, exclude):
 @corpus_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Predictor JSON to write.")
 @click.option("--scorer", default="lambdarank", show_default=True, help="pairwise, lambdarank or ensemble.")
-@click.option("--features", default="v2", show_default=True, help="Feature set: v1, v2 or structure.")
+@click.option("--features", default="v2", show_default=True, help="Feature set: v1, v2, structure or metrics.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_predictor(corpus, exclude, out, scorer, features, seed):
     """Train a predictor on a corpus of contribution sweeps (noisy combinations down-weighted as eval-predictor)."""
