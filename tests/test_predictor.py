@@ -9,7 +9,7 @@ from scipy.stats import kendalltau
 from zest_edge.errors import ZestError
 from zest_edge.features import feature_matrix, feature_set
 from zest_edge.predictor import SCORERS, Combination, Predictor, train
-from zest_edge.bench.predictor_eval import ceilings, evaluate, markdown, noise_ceiling, tau
+from zest_edge.bench.predictor_eval import ceilings, evaluate, markdown, noise_ceiling, perfect_ranker_tau, tau
 
 METRICS = ["snip", "grad_norm", "fisher"]
 
@@ -182,7 +182,8 @@ def test_ceilings_measured_on_retests_estimated_elsewhere():
     clean, noisy = combo("b", 0.2, 0.01), combo("c", 0.002, 0.01)
     out = ceilings([first, clean, noisy], {"a/x@64px": again})
     a, b = np.array([l["contribution"] for l in first["layers"]]), np.array([l["contribution"] for l in again["layers"]])
-    assert out["a/x@64px"] == {"tau": pytest.approx(kendalltau(a, b).statistic), "source": "retest"}
+    assert out["a/x@64px"] == {"tau": pytest.approx(kendalltau(a, b).statistic), "source": "retest",
+                               "perfect": pytest.approx(perfect_ranker_tau(kendalltau(a, b).statistic))}
     assert out["noise_per_se"] == pytest.approx(np.sqrt(np.mean((a - b) ** 2) / 2) / 0.01)
     assert out["b/x@64px"]["source"] == "estimated" and out["b/x@64px"]["tau"] > 0.9
     assert out["c/x@64px"]["tau"] < 0.3
@@ -191,6 +192,17 @@ def test_ceilings_measured_on_retests_estimated_elsewhere():
     assert res["ceilings"]["c/x@64px"]["tau"] < res["low_ceiling"]
     text = markdown(res, METRICS)
     assert "Down-weighted (ceiling < 0.5): c/x@64px." in text and "| b/x@64px | 30 | 0.9" in text and " est. |" in text
+
+
+def test_a_perfect_ranker_scores_above_the_retest():
+    """Against one noisy sweep the true ranking scores the τ `perfect_ranker_tau` predicts from two sweeps' τ."""
+    rng = np.random.default_rng(12)
+    true = rng.normal(size=4000)
+    one, two = true + 0.6 * rng.normal(size=4000), true + 0.6 * rng.normal(size=4000)
+    retest = kendalltau(one, two).statistic
+    assert perfect_ranker_tau(retest) == pytest.approx(kendalltau(true, one).statistic, abs=0.02)
+    assert perfect_ranker_tau(retest) > retest + 0.05 and perfect_ranker_tau(1.0) == pytest.approx(1.0)
+    assert perfect_ranker_tau(0.0) == 0.0 and perfect_ranker_tau(-0.2) == 0.0
 
 
 def test_a_corrupt_scorer_model_is_a_clear_error(tmp_path):

@@ -58,10 +58,18 @@ def noise_ceiling(c, noise_per_se: float, draws: int = 200, seed: int = 0) -> fl
     return float(np.mean([tau(true + rng.normal(0, noise), true + rng.normal(0, noise)) for _ in range(draws)]))
 
 
+def perfect_ranker_tau(retest_tau: float) -> float:
+    """Expected τ between the true scores and one sweep, given the test-retest τ of two sweeps: a perfect ranker
+    still meets one sweep's noise, but only once. Kendall τ = (2/π)·arcsin(ρ) for normal scores and a sweep
+    correlates √ρ_retest with the truth."""
+    return float(2 / np.pi * np.arcsin(np.sqrt(max(np.sin(np.pi * retest_tau / 2), 0.0))))
+
+
 def ceilings(combos: list[dict], retests: dict) -> dict:
-    """Each combination's ceiling {"tau", "source"}: the measured test-retest τ where a retest exists, else
+    """Each combination's ceiling {"tau", "source", "perfect"}: the measured test-retest τ where a retest exists, else
     `noise_ceiling` with the training-seed noise per unit of binomial SE measured on the retests (the validation
-    set is shared by both sweeps, so the retest noise is smaller than the binomial SE); None without either."""
+    set is shared by both sweeps, so the retest noise is smaller than the binomial SE); None without either.
+    "perfect" is what a perfect ranker would score against this ground truth (`perfect_ranker_tau`)."""
     measured, diffs, ses = {}, [], []
     for c in combos:
         again = retests.get(combination_name(c))
@@ -84,6 +92,8 @@ def ceilings(combos: list[dict], retests: dict) -> dict:
         else:
             est = noise_ceiling(c, noise_per_se) if noise_per_se is not None else None
             out[name] = {"tau": est, "source": "estimated" if est is not None else "none"}
+        tau_ = out[name]["tau"]
+        out[name]["perfect"] = None if tau_ is None else perfect_ranker_tau(tau_)
     return out
 
 
@@ -174,7 +184,8 @@ def markdown(results: dict, metric_names: list[str]) -> str:
         return "no held-out combination (one model and one dataset only)\n"
     names = list(results[schemes[0]]["mean"]["predictor_tau"])
     out = [f"Chosen: **{results['chosen']}** (by {results['chosen_by']}). Ceiling: the combination's test-retest τ "
-           f"(measured, or — marked est. — expected from its standard errors); training combinations with a ceiling below "
+           f"(measured, or — marked est. — expected from its standard errors); perfect: the τ a perfect ranker is "
+           f"expected to score against this one noisy sweep; training combinations with a ceiling below "
            f"{results['low_ceiling']} count {results['low_weight']}×.", ""]
     ceilings_ = results["ceilings"]
     if ceilings_["noise_per_se"] is not None:
@@ -187,19 +198,23 @@ def markdown(results: dict, metric_names: list[str]) -> str:
     for scheme in schemes:
         res = results[scheme]
         out += [f"### Leave-one-{scheme}-out (Kendall τ; top-5 overlap in brackets)", "",
-                "| held-out combination | layers | ceiling | " + " | ".join(names) +
+                "| held-out combination | layers | ceiling | perfect | " + " | ".join(names) +
                 " | best-on-train metric | τ | oracle metric (Best ZS) | τ | random |",
-                "|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|"]
+                "|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|"]
         for r in res["rows"]:
             estimated = ceilings_[r["combination"]]["source"] == "estimated"
             ceil = "n/a" if r["ceiling_tau"] is None else f"{r['ceiling_tau']:.2f}" + (" est." if estimated else "")
+            perfect = ceilings_[r["combination"]]["perfect"]
+            perfect = "n/a" if perfect is None else f"{perfect:.2f}"
             cells = " | ".join(f"{r['predictor_tau'][n]:.3f} ({r['predictor_top5'][n] * 5:.0f})" for n in names)
-            out.append(f"| {r['combination']} | {r['layers']} | {ceil} | {cells} | {r['best_train_metric']} | "
+            out.append(f"| {r['combination']} | {r['layers']} | {ceil} | {perfect} | {cells} | {r['best_train_metric']} | "
                        f"{r['best_train_metric_tau']:.3f} | {r['oracle_metric']} | {r['oracle_tau']:.3f} | "
                        f"{r['random_tau']:.3f} |")
         m = res["mean"]
         cells = " | ".join(f"**{m['predictor_tau'][n]:.3f}** ({m['predictor_top5'][n] * 5:.1f})" for n in names)
-        out += [f"| **mean** | | | {cells} | | {m['best_train_metric_tau']:.3f} | | {m['oracle_tau']:.3f} | "
+        known = [(r["ceiling_tau"], ceilings_[r["combination"]]["perfect"]) for r in res["rows"] if r["ceiling_tau"] is not None]
+        ceil_mean, perfect_mean = (f"{np.mean(v):.2f}" for v in zip(*known)) if known else ("", "")
+        out += [f"| **mean** | | {ceil_mean} | {perfect_mean} | {cells} | | {m['best_train_metric_tau']:.3f} | | {m['oracle_tau']:.3f} | "
                 f"{m['random_tau']:.3f} |", ""]
     rows = results[schemes[-1]]["rows"]
     out += ["### Single metrics (τ on each combination)", "",
