@@ -66,8 +66,8 @@ def perfect_ranker_tau(retest_tau: float) -> float:
 
 
 def ceilings(combos: list[dict], retests: dict) -> dict:
-    """Each combination's ceiling {"tau", "source", "perfect"}: the measured test-retest τ where a retest exists, else
-    `noise_ceiling` with the training-seed noise per unit of binomial SE measured on the retests (the validation
+    """Each combination's ceiling {"tau", "source", "perfect"}: the measured test-retest τ where a retest exists,
+    else `noise_ceiling` with the training-seed noise per unit of binomial SE measured on the retests (the validation
     set is shared by both sweeps, so the retest noise is smaller than the binomial SE); None without either.
     "perfect" is what a perfect ranker would score against this ground truth (`perfect_ranker_tau`)."""
     measured, diffs, ses = {}, [], []
@@ -207,15 +207,17 @@ def markdown(results: dict, metric_names: list[str]) -> str:
             perfect = ceilings_[r["combination"]]["perfect"]
             perfect = "n/a" if perfect is None else f"{perfect:.2f}"
             cells = " | ".join(f"{r['predictor_tau'][n]:.3f} ({r['predictor_top5'][n] * 5:.0f})" for n in names)
-            out.append(f"| {r['combination']} | {r['layers']} | {ceil} | {perfect} | {cells} | {r['best_train_metric']} | "
-                       f"{r['best_train_metric_tau']:.3f} | {r['oracle_metric']} | {r['oracle_tau']:.3f} | "
+            out.append(f"| {r['combination']} | {r['layers']} | {ceil} | {perfect} | {cells} | "
+                       f"{r['best_train_metric']} | {r['best_train_metric_tau']:.3f} | {r['oracle_metric']} | "
+                       f"{r['oracle_tau']:.3f} | "
                        f"{r['random_tau']:.3f} |")
         m = res["mean"]
         cells = " | ".join(f"**{m['predictor_tau'][n]:.3f}** ({m['predictor_top5'][n] * 5:.1f})" for n in names)
-        known = [(r["ceiling_tau"], ceilings_[r["combination"]]["perfect"]) for r in res["rows"] if r["ceiling_tau"] is not None]
+        known = [(r["ceiling_tau"], ceilings_[r["combination"]]["perfect"])
+                 for r in res["rows"] if r["ceiling_tau"] is not None]
         ceil_mean, perfect_mean = (f"{np.mean(v):.2f}" for v in zip(*known)) if known else ("", "")
-        out += [f"| **mean** | | {ceil_mean} | {perfect_mean} | {cells} | | {m['best_train_metric_tau']:.3f} | | {m['oracle_tau']:.3f} | "
-                f"{m['random_tau']:.3f} |", ""]
+        out += [f"| **mean** | | {ceil_mean} | {perfect_mean} | {cells} | | {m['best_train_metric_tau']:.3f} | | "
+                f"{m['oracle_tau']:.3f} | {m['random_tau']:.3f} |", ""]
     rows = results[schemes[-1]]["rows"]
     out += ["### Single metrics (τ on each combination)", "",
             "| metric | " + " | ".join(r["combination"] for r in rows) + " | mean |", "|---|" + "---|" * (len(rows) + 1)]
