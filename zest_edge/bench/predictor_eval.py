@@ -7,7 +7,9 @@ predictor (scorer × feature set, CANDIDATES) trained on the rest; (a) every sin
 metric (sign included) chosen by mean τ on the training combinations; (c) the oracle: the best single metric on
 the held-out combination itself (the paper's "Best ZS"); (d) a random ranking (mean of 200 permutations); (e) the
 combination's ceiling: its measured test-retest τ where a retest sweep exists, else the τ expected from its
-per-layer standard errors scaled by the noise the retests measured (`ceilings`). Training combinations whose ceiling is below 0.5 count `LOW_WEIGHT`.
+per-layer standard errors scaled by the noise the retests measured (`ceilings`). Training combinations whose ceiling
+is below 0.5 count `LOW_WEIGHT`; in training that ceiling comes from the training combinations' retests alone, so
+the held-out one's retest leaks nothing and a fold trains exactly as `train-predictor --exclude` would.
 """
 import numpy as np
 from scipy.stats import kendalltau
@@ -137,7 +139,7 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dat
             rest = [c for c in combos if key(c) != group]
             if not rest:
                 continue
-            train_set = training_set(rest, ceiling)
+            train_set = training_set(rest, ceilings(rest, retests or {}))     # as train-predictor --exclude
             predictors = {name: train(train_set, metric_names, **kw, **_for(kw["scorer"], train_kwargs))
                           for name, kw in candidates.items()}
             signed = {(m, s): np.mean([s * per_combo_taus[id(c)][m] for c in rest]) for m in metric_names for s in (1, -1)}
