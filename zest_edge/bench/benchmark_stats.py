@@ -4,6 +4,7 @@
                                 the fixed SPLIT_SEED (the same cut for every run seed)
     choose_lr(scores)           one method's learning rate from its runs' select accuracies
     paired_difference(a, b)     a − b paired by seed, in accuracy points, with a 95% t-interval and a win count
+    difference_summary(diffs)   the same for any list of paired differences (e.g. pooled over benchmarks)
 """
 from __future__ import annotations
 
@@ -52,12 +53,16 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict | None:
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
-    diffs = [100 * (a[s] - b[s]) for s in seeds]
+    return {"seeds": seeds, **difference_summary([100 * (a[s] - b[s]) for s in seeds])}
+
+
+def difference_summary(diffs: list[float]) -> dict:
+    """Paired differences (points): the list, their mean, a 95% t-interval (None under 2) and wins/ties/losses."""
     mean = statistics.fmean(diffs)
     interval = None
     if len(diffs) > 1:
         from scipy import stats
         half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
         interval = [mean - half, mean + half]
-    return {"seeds": seeds, "diffs": diffs, "mean": mean, "ci95": interval, "wins": sum(d > 0 for d in diffs),
+    return {"diffs": diffs, "mean": mean, "ci95": interval, "wins": sum(d > 0 for d in diffs),
             "ties": sum(d == 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
