@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zest_edge.contrib import HEAD, SweepConfig, chosen_lr, load_sweep, probe_names, run_sweep
-from zest_edge.corpus import load_corpus
+from zest_edge.corpus import load_corpus, still_rising
 from zest_edge.errors import ZestError
 
 CLI = [str(Path(sys.executable).parent / "zest-edge")]
@@ -151,3 +151,13 @@ def test_corrupt_corpus_row_is_a_clear_error(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "contribution must be a number" in res.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def test_still_rising_names_layers_whose_last_epoch_gained_more_than_two_se():
+    layer = lambda name, curve: {"name": name, "curve": curve, "contribution_se": 0.005}
+    c = {"layers": [layer("flat", [0.80, 0.90, 0.905]), layer("rising", [0.60, 0.80, 0.85]),
+                    layer("falling", [0.9, 0.95, 0.90])]}
+    assert still_rising(c) == ["rising"]
+    assert still_rising({"layers": [{"name": "v1", "curve": [0.5, 0.6]}]}) is None      # no standard errors
+    committed = load_corpus(Path(__file__).parent.parent / "corpus" / "mnv2_animal.json")[0]
+    assert "features.16.conv.2" in still_rising(committed)     # 0.841 -> 0.865 in its last epoch, SE ~0.005

@@ -65,6 +65,15 @@ def combination_name(c: dict) -> str:
     return f"{c['model']}/{c['data']}@{size}"
 
 
+def still_rising(c: dict, ses: float = 2.0) -> list[str] | None:
+    """Layers whose accuracy still rose by more than `ses` standard errors over the last epoch (None without
+    standard errors or curves): the protocol wants flat curves, and on a rising curve the score says how fast a layer
+    learns more than where it ends."""
+    if any("contribution_se" not in l or len(l.get("curve", [])) < 2 for l in c["layers"]):
+        return None
+    return [l["name"] for l in c["layers"] if l["curve"][-1] - l["curve"][-2] > ses * l["contribution_se"]]
+
+
 def load_corpus(path) -> list[dict]:
     """Every combination file in a folder (or one file), checked."""
     path = Path(path)

@@ -14,7 +14,7 @@ the held-out one's retest leaks nothing and a fold trains exactly as `train-pred
 import numpy as np
 from scipy.stats import kendalltau
 
-from ..corpus import combination_name
+from ..corpus import combination_name, still_rising
 from ..predictor import Combination, train
 from ..registry import Registry
 
@@ -130,7 +130,8 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dat
     rng = np.random.default_rng(0)
     ceiling = ceilings(combos, retests or {})
     per_combo_taus = {id(c): metric_taus(c, metric_names) for c in combos}
-    results = {"ceilings": ceiling, "low_ceiling": LOW_CEILING, "low_weight": LOW_WEIGHT}
+    results = {"ceilings": ceiling, "low_ceiling": LOW_CEILING, "low_weight": LOW_WEIGHT,
+               "still_rising": {combination_name(c): still_rising(c) for c in combos}}
     for scheme in schemes:
         key = SCHEMES[scheme]
         rows = []
@@ -197,6 +198,10 @@ def markdown(results: dict, metric_names: list[str]) -> str:
            if n != "noise_per_se" and c["tau"] is not None and c["tau"] < results["low_ceiling"]]
     if low:
         out += [f"Down-weighted (ceiling < {results['low_ceiling']}): {', '.join(low)}.", ""]
+    rising = {n: len(r) for n, r in results.get("still_rising", {}).items() if r}
+    if rising:
+        out += ["Curves not flat — layers whose accuracy still rose by > 2 SE in the last epoch: " +
+                ", ".join(f"{n} {k}" for n, k in rising.items()) + ".", ""]
     for scheme in schemes:
         res = results[scheme]
         out += [f"### Leave-one-{scheme}-out (Kendall τ; top-5 overlap in brackets)", "",

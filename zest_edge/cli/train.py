@@ -86,7 +86,7 @@ def contrib(config_path, out, shard, backend, address, corpus_out, lr, **flags):
     """Contribution sweep: fine-tune each layer alone (+ head) and record the accuracy it reaches (resumable)."""
     from ..config import load_config
     from ..contrib import HEAD, SweepConfig, check_shard, run_sweep
-    from ..corpus import combination_record, write_combination
+    from ..corpus import combination_record, still_rising, write_combination
     cfg = load_config(config_path, None) if config_path else {}
     cfg.update({k: v for k, v in flags.items() if v is not None})
     if lr is not None:
@@ -112,6 +112,10 @@ def contrib(config_path, out, shard, backend, address, corpus_out, lr, **flags):
         record["note"] = sweep.note
         write_combination(corpus_out, record)
         click.echo(f"wrote {corpus_out} ({len(record['layers'])} layers, sweep {record['sweep_seconds']:.0f} s)")
+        rising = still_rising(record)
+        if rising:
+            click.echo(f"note: {len(rising)} layers still rose by > 2 SE in the last epoch (e.g. {rising[0]}): their "
+                       f"curves are not flat, more epochs would lower the noise of their scores")
 
 
 def corpus_options(f):
