@@ -159,5 +159,26 @@ def test_still_rising_names_layers_whose_last_epoch_gained_more_than_two_se():
                     layer("falling", [0.9, 0.95, 0.90])]}
     assert still_rising(c) == ["rising"]
     assert still_rising({"layers": [{"name": "v1", "curve": [0.5, 0.6]}]}) is None      # no standard errors
-    committed = load_corpus(Path(__file__).parent.parent / "corpus" / "mnv2_animal.json")[0]
+    committed = load_corpus(Path(__file__).parent.parent / "corpus" / "superseded" / "mnv2_animal_4ep.json")[0]
     assert "features.16.conv.2" in still_rising(committed)     # 0.841 -> 0.865 in its last epoch, SE ~0.005
+
+
+def test_recheck_rising_at_the_sweeps_own_epochs_reproduces_its_scores(tmp_path):
+    """tools/recheck_rising.py trains the same jobs as the sweep (task, rate, seed, schedule): at the sweep's own
+    epochs every rechecked layer and the head score exactly what the corpus file says."""
+    from zest_edge.corpus import combination_record, write_combination
+    sweep = tiny(epochs=2, score_epochs=1)
+    run_sweep(sweep, tmp_path / "sweep", progress=False)
+    record = combination_record(sweep.load_task(), tmp_path / "sweep", batch_size=16, batch_seeds=[0])
+    write_combination(tmp_path / "combo.json", record)
+    (tmp_path / "sweep.yaml").write_text(json.dumps(TINY | {"epochs": 2, "score_epochs": 1}))
+    root = Path(__file__).parent.parent
+    run = subprocess.run([sys.executable, str(root / "tools" / "recheck_rising.py"), str(tmp_path / "sweep.yaml"),
+                          str(tmp_path / "combo.json"), "--epochs", "2", "--top", "3", "--out", str(tmp_path / "re")],
+                         capture_output=True, text=True, cwd=root)
+    assert run.returncode == 0, run.stderr
+    res = json.loads((tmp_path / "re" / "recheck.json").read_text())
+    assert len(res["layers"]) >= 4 and res["layers"][-1]["layer"] == HEAD
+    for l in res["layers"]:
+        assert l["score_longer"] == pytest.approx(l["score"])
+    assert "| layer | still rising |" in (tmp_path / "re" / "recheck.md").read_text()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate the predictor corpus: one contribution sweep per config, two at a time, one thread each (small
 # convolutions scale badly across threads). configs/corpus/X.yaml -> corpus/X.json; the test-retest sweeps in
-# configs/corpus/retest/X.yaml -> corpus/retest/X.json (kept apart: they are measurements of noise, not training data).
+# configs/corpus/retest/X.yaml -> corpus/retest/X.json (kept apart: they are measurements of noise, not training data);
+# configs/corpus/superseded/X.yaml (sweeps a protocol change replaced, kept as evidence) only when named.
 # The append-only sweep stores live in corpus/sweeps/ (committed as rows finish). Resumable: rerun to finish killed sweeps; finished rows are never redone.
 # Usage: tools/build_corpus.sh [CONFIG ...]   (default: every config, corpus first, then the retests)
 # ZEST_EDGE=path/to/zest-edge runs another build (e.g. a frozen copy while the tree changes).
@@ -9,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 configs=("$@")
 [ ${#configs[@]} -gt 0 ] || configs=(configs/corpus/*.yaml configs/corpus/retest/*.yaml)
-mkdir -p corpus/retest corpus/sweeps/retest runs/sweeps/retest
+mkdir -p corpus/retest corpus/superseded corpus/sweeps/retest corpus/sweeps/superseded runs/sweeps/retest runs/sweeps/superseded
 printf '%s\n' "${configs[@]}" | OMP_NUM_THREADS=1 ZEST_EDGE="${ZEST_EDGE:-.venv/bin/zest-edge}" xargs -P "${JOBS:-2}" -I{} sh -c '
-  name=$(basename {} .yaml); case {} in */retest/*) name=retest/$name;; esac
+  name=$(basename {} .yaml); case {} in */retest/*) name=retest/$name;; */superseded/*) name=superseded/$name;; esac
   ${ZEST_EDGE:-.venv/bin/zest-edge} contrib --config {} --out corpus/sweeps/$name --corpus-out corpus/$name.json > runs/sweeps/$name.log 2>&1 \
     && echo "done $name" || { echo "FAILED $name (see runs/sweeps/$name.log)"; exit 1; }'
