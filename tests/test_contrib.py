@@ -59,6 +59,8 @@ def test_shards_merge_to_the_unsharded_sweep(tmp_path):
     for name, row in whole["rows"].items():
         assert merged["rows"][name]["acc"] == row["acc"]
         assert merged["rows"][name]["curve"] == row["curve"]
+    run_sweep(tiny(), tmp_path / "sharded", progress=False)          # unsharded after the shards: nothing to redo
+    assert layer_rows(tmp_path / "sharded" / "rows.jsonl") == []
 
 
 def test_changed_config_is_refused(tmp_path):

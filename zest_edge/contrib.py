@@ -14,8 +14,9 @@ The store is append-only JSONL (one fsynced row per finished job), one file per 
     sweep/rows.jsonl, or sweep/rows.shard-I-of-N.jsonl
 Its first row is a header {"type": "header", "config": ..., "config_hash": ...}; then
 {"type": "probe" | "layer", "layer": name, "lr": rate, "acc": score, "curve": [...], ...}. The head-only row has
-layer "__head__". `load_sweep(dir)` merges every file. Restarting skips finished jobs; every shard runs the probe
-(it is deterministic, so shards agree on the rate).
+layer "__head__". `load_sweep(dir)` merges every file. A run skips the jobs any store file in the folder holds
+(a restart, another shard, or an unsharded run after shards); shards started together each run the probe (it is
+deterministic, so they agree on the rate).
 
 Stage inputs are pushed one stage further as the sweep moves past a stage, so the frozen prefix runs once per pass.
 """
@@ -262,13 +263,13 @@ def run_sweep(sweep: SweepConfig, out, *, shard: tuple[int, int] = (0, 1), backe
     run = run_jobs_ray if backend == "ray" else run_jobs_local
     kw = dict(address=address) if backend == "ray" else {}
     if len(sweep.lr_grid) > 1:
-        done = {(r["layer"], r["lr"]) for r in rows if r.get("type") == "probe"}
+        done = {(p["layer"], p["lr"]) for p in load_sweep(out)["probes"]}      # every store file: shards share work
         probes = [(n, lr) for lr in sweep.lr_grid for n in probe_names(names, sweep.probe_layers)]
         run(sweep, task, [j for j in probes if j not in done], emit, "probe", progress=progress, **kw)
     lr = load_sweep(out)["lr"] if len(sweep.lr_grid) > 1 else sweep.lr_grid[0]
     if progress and len(sweep.lr_grid) > 1:
         print(f"learning rate {lr:g} (the smallest within one SE of the best mean probe score over {sweep.lr_grid})")
-    done = {r["layer"] for r in read_jsonl(path) if r.get("type") == "layer" and r["lr"] == lr}
+    done = set(load_sweep(out)["rows"])
     todo = [(n, lr) for n in shard_of(names + [HEAD], shard) if n not in done]
     run(sweep, task, todo, emit, "layer", progress=progress, **kw)
     return load_sweep(out)
