@@ -240,3 +240,12 @@ def test_cli_train_and_eval_agree_on_the_committed_corpus(monkeypatch, capsys, t
     row = next(r for r in results["model"]["rows"] if r["combination"].startswith("efficientnet_lite1/animal_mnist"))
     assert code == 0 and row["predictor_tau"]["lambdarank/v1"] == pytest.approx(expected, abs=1e-9)
     assert results["chosen"] in ("lambdarank/v1", "pairwise/v1") and (tmp_path / "eval" / "eval.md").is_file()
+
+
+def test_combinations_differing_only_in_training_set_size_have_distinct_names():
+    from zest_edge.corpus import combination_name
+    task = {"model": "m", "data": "d", "resolution": 64, "train_examples": 2000}
+    big = {"model": "m", "data": "d", "sweep": {"task": task}}
+    small = {"model": "m", "data": "d", "sweep": {"task": {**task, "train_examples": 500}}}
+    assert combination_name(big) == "m/d@64px/n2000" and combination_name(small) == "m/d@64px/n500"
+    assert combination_name({"model": "m", "data": "d", "sweep": {"task": {"max_length": 32}}}) == "m/d@32tok"

@@ -59,10 +59,12 @@ class CombinationFile:
 
 
 def combination_name(c: dict) -> str:
-    """model/data@size, e.g. efficientnet_lite0/fashion_mnist@64px."""
+    """model/data@size/n<training examples>, e.g. efficientnet_lite0/fashion_mnist@64px/n2000 (the count where the
+    sweep recorded it): combinations that differ only in training-set size are distinct."""
     task = c["sweep"]["task"]
     size = f"{task['resolution']}px" if "resolution" in task else f"{task['max_length']}tok"
-    return f"{c['model']}/{c['data']}@{size}"
+    count = f"/n{task['train_examples']}" if "train_examples" in task else ""
+    return f"{c['model']}/{c['data']}@{size}{count}"
 
 
 def still_rising(c: dict, ses: float = 2.0) -> list[str] | None:
