@@ -192,6 +192,12 @@ def test_ceilings_measured_on_retests_estimated_elsewhere():
     assert res["ceilings"]["c/x@64px"]["tau"] < res["low_ceiling"]
     text = markdown(res, METRICS)
     assert "Down-weighted (ceiling < 0.5): c/x@64px." in text and "| b/x@64px | 30 | 0.9" in text and " est. |" in text
+    assert "Curves not flat" not in text                                  # these layers record no curves
+    for l in clean["layers"]:
+        l["curve"] = [0.5, 0.7, 0.8] if l["index"] < 4 else [0.5, 0.8, 0.8]   # 4 layers gain 10 SE in the last epoch
+    res = evaluate([first, clean, noisy], METRICS, schemes=("model",), retests={"a/x@64px": again}, epochs=20)
+    assert res["still_rising"]["b/x@64px"] == ["l0", "l1", "l2", "l3"]
+    assert "still rose by > 2 SE in the last epoch: b/x@64px 4." in markdown(res, METRICS)
 
 
 def test_a_perfect_ranker_scores_above_the_retest():
