@@ -18,6 +18,9 @@ for held_out in minilm lite1_animal; do
   [ -f $f ] || $Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" \
       --exclude $held_out --out $f
 done
+# the flat-curve check that moved MobileNetV2 x Animal-MNIST to 8 epochs (~6 min)
+.venv/bin/python tools/recheck_rising.py configs/corpus/superseded/mnv2_animal_4ep.yaml \
+    corpus/superseded/mnv2_animal_4ep.json --epochs 8 --out reports/recheck_rising/mnv2_animal
 # spot checks: the shipped predictor on MiniLM's v1 sweep; the MobileNetV2-held-out predictor on both MobileNetV2 x
 # Animal-MNIST sweeps (4 epochs, superseded, and 8)
 $Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" --exclude mnv2 \
