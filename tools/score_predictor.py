@@ -15,11 +15,11 @@ from zest_edge.predictor import Predictor
 
 
 def score(predictors: list[Path], files: list[Path]) -> list[dict]:
+    combos = {f: load_corpus(f)[0] for f in files}
     rows = []
     for pred_path in predictors:
         predictor = Predictor.load(pred_path)
-        for f in files:
-            c = load_corpus(f)[0]
+        for f, c in combos.items():
             scores, y = predictor.score(c["layers"]), contributions(c)
             rows.append({"predictor": str(pred_path), "predictor_id": predictor.provenance.get("id"),
                          "trained_on": predictor.provenance.get("corpus"), "file": str(f),

@@ -266,10 +266,11 @@ def run_sweep(sweep: SweepConfig, out, *, shard: tuple[int, int] = (0, 1), backe
         done = {(p["layer"], p["lr"]) for p in load_sweep(out)["probes"]}      # every store file: shards share work
         probes = [(n, lr) for lr in sweep.lr_grid for n in probe_names(names, sweep.probe_layers)]
         run(sweep, task, [j for j in probes if j not in done], emit, "probe", progress=progress, **kw)
-    lr = load_sweep(out)["lr"] if len(sweep.lr_grid) > 1 else sweep.lr_grid[0]
+    swept = load_sweep(out)                 # after the probe: its rate (a one-value grid's rate) and the rows done
+    lr = swept["lr"]
     if progress and len(sweep.lr_grid) > 1:
         print(f"learning rate {lr:g} (the smallest within one SE of the best mean probe score over {sweep.lr_grid})")
-    done = set(load_sweep(out)["rows"])
+    done = set(swept["rows"])
     todo = [(n, lr) for n in shard_of(names + [HEAD], shard) if n not in done]
     run(sweep, task, todo, emit, "layer", progress=progress, **kw)
     return load_sweep(out)
