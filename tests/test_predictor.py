@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import kendalltau
 
 from zest_edge.errors import ZestError
+from zest_edge.io import write_json
 from zest_edge.features import feature_matrix, feature_set
 from zest_edge.predictor import SCORERS, Combination, Predictor, train
 from zest_edge.bench.predictor_eval import ceilings, evaluate, markdown, noise_ceiling, perfect_ranker_tau, tau
@@ -177,25 +178,31 @@ def test_ceilings_measured_on_retests_estimated_elsewhere():
         for i, l in enumerate(layers):
             l.update(contribution=0.8 + spread * i / 30 + shift * rng.normal(), contribution_se=se)
         return {"model": model, "data": "x", "sweep": {"task": {"resolution": 64}}, "layers": layers}
-    first = combo("a", 0.05, 0.01)
-    again = {**first, "layers": [{**l, "contribution": l["contribution"] + 0.004 * rng.normal()} for l in first["layers"]]}
+    single = combo("a", 0.05, 0.01)
+    again = {**single, "layers": [{**l, "contribution": l["contribution"] + 0.004 * rng.normal()} for l in single["layers"]]}
+    first = {**single, "sweeps": [single, again]}          # as corpus.pool_retests leaves it (its mean: not needed here)
     clean, noisy = combo("b", 0.2, 0.01), combo("c", 0.002, 0.01)
-    out = ceilings([first, clean, noisy], {"a/x@64px": again})
-    a, b = np.array([l["contribution"] for l in first["layers"]]), np.array([l["contribution"] for l in again["layers"]])
-    assert out["a/x@64px"] == {"tau": pytest.approx(kendalltau(a, b).statistic), "source": "retest",
-                               "perfect": pytest.approx(perfect_ranker_tau(kendalltau(a, b).statistic))}
+    out = ceilings([first, clean, noisy])
+    a, b = np.array([l["contribution"] for l in single["layers"]]), np.array([l["contribution"] for l in again["layers"]])
+    assert out["a/x@64px"] == {"tau": pytest.approx(kendalltau(a, b).statistic), "source": "retest", "sweeps": 2,
+                               "perfect": pytest.approx(perfect_ranker_tau(kendalltau(a, b).statistic, sweeps=2))}
     assert out["noise_per_se"] == pytest.approx(np.sqrt(np.mean((a - b) ** 2) / 2) / 0.01)
     assert out["b/x@64px"]["source"] == "estimated" and out["b/x@64px"]["tau"] > 0.9
     assert out["c/x@64px"]["tau"] < 0.3
     assert noise_ceiling(clean, 0.0) == pytest.approx(1.0)
-    res = evaluate([first, clean, noisy], METRICS, schemes=("model",), retests={"a/x@64px": again}, epochs=20)
+    res = evaluate([first, clean, noisy], METRICS, schemes=("model",), epochs=20)
     assert res["ceilings"]["c/x@64px"]["tau"] < res["low_ceiling"]
     text = markdown(res, METRICS)
     assert "Down-weighted (ceiling < 0.5): c/x@64px." in text and "| b/x@64px | 30 | 0.9" in text and " est. |" in text
+    assert f"| a/x@64px | 30 | {out['a/x@64px']['tau']:.2f} | {out['a/x@64px']['perfect']:.2f}² |" in text
+    row = next(r for r in res["model"]["rows"] if r["combination"] == "a/x@64px")
+    by_sweep = row["predictor_tau_by_sweep"]["pairwise/v1"]           # first's own layers are sweep 1
+    assert by_sweep[0] == pytest.approx(row["predictor_tau"]["pairwise/v1"]) and len(by_sweep) == 2
+    assert f"| a/x@64px | {out['a/x@64px']['tau']:.3f} | {by_sweep[0]:.3f} | {by_sweep[1]:.3f} |" in text
     assert "Curves not flat" not in text                                  # these layers record no curves
     for l in clean["layers"]:
         l["curve"] = [0.5, 0.7, 0.8] if l["index"] < 4 else [0.5, 0.8, 0.8]   # 4 layers gain 10 SE in the last epoch
-    res = evaluate([first, clean, noisy], METRICS, schemes=("model",), retests={"a/x@64px": again}, epochs=20)
+    res = evaluate([first, clean, noisy], METRICS, schemes=("model",), epochs=20)
     assert res["still_rising"]["b/x@64px"] == ["l0", "l1", "l2", "l3"]
     assert "still rose by > 2 SE in the last epoch: b/x@64px 4." in markdown(res, METRICS)
 
@@ -209,6 +216,34 @@ def test_a_perfect_ranker_scores_above_the_retest():
     assert perfect_ranker_tau(retest) == pytest.approx(kendalltau(true, one).statistic, abs=0.02)
     assert perfect_ranker_tau(retest) > retest + 0.05 and perfect_ranker_tau(1.0) == pytest.approx(1.0)
     assert perfect_ranker_tau(0.0) == 0.0 and perfect_ranker_tau(-0.2) == 0.0
+    mean = kendalltau(true, (one + two) / 2).statistic             # the mean of both sweeps: a less noisy truth
+    assert perfect_ranker_tau(retest, sweeps=2) == pytest.approx(mean, abs=0.02)
+    assert perfect_ranker_tau(retest, sweeps=2) > perfect_ranker_tau(retest) + 0.03
+
+
+def test_a_retested_combination_is_scored_by_the_mean_of_its_two_sweeps(tmp_path):
+    """corpus.pool_retests: the ground truth of a combination with corpus/retest/<same file> is the per-layer mean
+    of both sweeps, the sweeps kept for the test-retest τ; others are untouched; a retest missing layers is an error."""
+    from zest_edge.corpus import pool_retests
+    rng = np.random.default_rng(13)
+    layers, _ = synthetic_combo(rng, n=12)
+    def record(scores):
+        return {"format": "zest-edge/combination", "version": 2, "model": "m", "data": "d",
+                "sweep": {"task": {"resolution": 64}}, "layers": [{**l, "contribution": float(v)} for l, v in zip(layers, scores)]}
+    a, b = rng.uniform(0.5, 0.9, 12), rng.uniform(0.5, 0.9, 12)
+    write_json(tmp_path / "m.json", record(a))
+    write_json(tmp_path / "other.json", record(b))
+    write_json(tmp_path / "retest" / "m.json", record(b))
+    from zest_edge.corpus import load_corpus
+    pooled = pool_retests(tmp_path, load_corpus(tmp_path))
+    assert [l["contribution"] for l in pooled[0]["layers"]] == pytest.approx((a + b) / 2)
+    assert [l["contribution"] for s in pooled[0]["sweeps"] for l in s["layers"]] == pytest.approx(np.concatenate([a, b]))
+    assert "sweeps" not in pooled[1] and [l["contribution"] for l in pooled[1]["layers"]] == pytest.approx(b)
+    short = record(b)
+    short["layers"] = short["layers"][:-1]
+    write_json(tmp_path / "retest" / "m.json", short)
+    with pytest.raises(ZestError, match="retest lacks 1 of the combination's layers"):
+        pool_retests(tmp_path, load_corpus(tmp_path))
 
 
 def test_a_corrupt_scorer_model_is_a_clear_error(tmp_path):
@@ -229,7 +264,8 @@ def test_a_corrupt_scorer_model_is_a_clear_error(tmp_path):
 
 def test_cli_train_and_eval_agree_on_the_committed_corpus(monkeypatch, capsys, tmp_path):
     """On the committed corpus-v2 sweeps: `train-predictor --exclude` of every Lite1 combination, then scoring Lite1 ×
-    Animal gives the τ that `eval-predictor` reports for it held out by model, recomputed here with scipy."""
+    Animal (against the mean of its two sweeps) gives the τ `eval-predictor` reports for it held out by model,
+    recomputed here with scipy."""
     from pathlib import Path
     from cli_helpers import run_main
     corpus = Path(__file__).parent.parent / "corpus"
@@ -237,8 +273,10 @@ def test_cli_train_and_eval_agree_on_the_committed_corpus(monkeypatch, capsys, t
                             "--scorer", "lambdarank", "--features", "v1", "--out", str(tmp_path / "p.json"))
     n = len([f for f in corpus.glob("*.json") if "lite1_" not in f.name])      # every Lite1 file: the model held out
     assert code == 0 and f"trained a lambdarank scorer on {n} combination{'s' * (n != 1)} ({3 * n} metric batches" in out
-    held = json.loads((corpus / "lite1_animal.json").read_text())
+    from zest_edge.corpus import load_corpus, pool_retests
+    held = pool_retests(corpus, load_corpus(corpus / "lite1_animal.json"))[0]        # retested: the mean of both
     y = [l["contribution"] for l in held["layers"]]
+    assert len(held["sweeps"]) == 2
     expected = kendalltau(Predictor.load(tmp_path / "p.json").score(held["layers"]), y).statistic
     code, _, _ = run_main(monkeypatch, capsys, "eval-predictor", "--corpus", str(corpus), "--candidates",
                           "lambdarank/v1,pairwise/v1", "--schemes", "model", "--out", str(tmp_path / "eval"))
@@ -283,7 +321,7 @@ def test_scorer_study_ships_the_leave_one_model_out_rows_of_the_predictor_eval(m
     model, not a copy of the shipped one."""
     import importlib.util
     from pathlib import Path
-    from zest_edge.corpus import load_corpus, load_retests
+    from zest_edge.corpus import load_corpus, pool_retests
     root = Path(__file__).parent.parent
     spec = importlib.util.spec_from_file_location("scorer_study", root / "tools" / "scorer_study.py")
     study = importlib.util.module_from_spec(spec)
@@ -294,7 +332,7 @@ def test_scorer_study_ships_the_leave_one_model_out_rows_of_the_predictor_eval(m
     committed = json.loads((root / "reports" / "scorer_study" / "study.json").read_text())["rows"]
     assert {r["combination"]: r["tau"]["lambdarank (shipped)"] for r in committed} == pytest.approx(expected, abs=1e-9)
     monkeypatch.setattr(study, "VARIANTS", {k: study.VARIANTS[k] for k in ("lambdarank (shipped)", "rank_xendcg")})
-    combos = load_corpus(root / "corpus")
-    fresh = {r["combination"]: r["tau"] for r in study.study(combos, load_retests(root / "corpus", combos))}
+    combos = pool_retests(root / "corpus", load_corpus(root / "corpus"))
+    fresh = {r["combination"]: r["tau"] for r in study.study(combos)}
     assert {n: t["lambdarank (shipped)"] for n, t in fresh.items()} == pytest.approx(expected, abs=1e-9)
     assert any(abs(t["rank_xendcg"] - t["lambdarank (shipped)"]) > 1e-6 for t in fresh.values())

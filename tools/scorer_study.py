@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from zest_edge.bench.predictor_eval import batches, ceilings, contributions, tau, training_set
-from zest_edge.corpus import combination_name, load_corpus, load_retests
+from zest_edge.corpus import combination_name, load_corpus, pool_retests
 from zest_edge.errors import ZestError
 from zest_edge.features import rank01
 from zest_edge.io import write_json, write_text
@@ -56,21 +56,22 @@ VARIANTS = {"lambdarank (shipped)": {"scorer": "lambdarank"},
 BATCH_MEAN = "lambdarank, mean over metric batches"
 
 
-def study(combos: list[dict], retests: dict) -> list[dict]:
-    """One row per combination: its τ under every variant, each trained on the other models' combinations."""
+def study(combos: list[dict]) -> list[dict]:
+    """One row per combination (as `pool_retests` returns them): its τ under every variant, each trained on the
+    other models' combinations."""
     SCORERS["lightgbm-variant"] = LightGBMVariant          # registered for this study only
     try:
-        return _study(combos, retests)
+        return _study(combos)
     finally:
         del SCORERS["lightgbm-variant"]
 
 
-def _study(combos: list[dict], retests: dict) -> list[dict]:
+def _study(combos: list[dict]) -> list[dict]:
     names = [m for m in METRICS if all(m in c["metric_names"] for c in combos)]
     rows = []
     for model in sorted({c["model"] for c in combos}):
         rest = [c for c in combos if c["model"] != model]
-        train_set = training_set(rest, ceilings(rest, retests))
+        train_set = training_set(rest, ceilings(rest))
         fitted = {v: train(train_set, names, features="v2", **kw) for v, kw in VARIANTS.items()}
         for c in (c for c in combos if c["model"] == model):
             y = contributions(c)
@@ -96,8 +97,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     try:
-        combos = load_corpus(args.corpus)
-        rows = study(combos, load_retests(args.corpus, combos))
+        combos = pool_retests(args.corpus, load_corpus(args.corpus))
+        rows = study(combos)
         write_json(args.out / "study.json", {"format": "zest-edge/scorer-study", "version": 1,
                                              "corpus": [c["file"] for c in combos], "rows": rows})
         write_text(args.out / "study.md", markdown(rows))

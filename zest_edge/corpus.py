@@ -96,7 +96,21 @@ def write_combination(path, record: dict) -> None:
     write_json(path, record)
 
 
-def load_retests(corpus, combos: list[dict]) -> dict:
-    """{combination name: its retest combination (corpus/retest/<same file name>)} for those that have one."""
-    found = {combination_name(c): Path(corpus) / "retest" / c["file"] for c in combos}
-    return {name: load_corpus(path)[0] for name, path in found.items() if path.is_file()}
+def pool_retests(corpus, combos: list[dict]) -> list[dict]:
+    """The combinations, each retested one (corpus/retest/<same file name>) with its ground truth pooled: a layer's
+    "contribution" is the mean of both sweeps (half the training-seed noise variance; its other fields stay the first
+    sweep's), and "sweeps" keeps [first, retest] for the test-retest τ."""
+    out = []
+    for c in combos:
+        path = Path(corpus) / "retest" / c["file"]
+        if not path.is_file():
+            out.append(c)
+            continue
+        again = load_corpus(path)[0]
+        second = {l["name"]: l["contribution"] for l in again["layers"]}
+        missing = [l["name"] for l in c["layers"] if l["name"] not in second]
+        if missing:
+            raise ZestError(f"{path}: retest lacks {len(missing)} of the combination's layers (e.g. {missing[0]})")
+        layers = [{**l, "contribution": (l["contribution"] + second[l["name"]]) / 2} for l in c["layers"]]
+        out.append({**c, "layers": layers, "sweeps": [c, again]})
+    return out

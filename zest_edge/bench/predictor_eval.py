@@ -7,9 +7,10 @@ predictor (scorer × feature set, CANDIDATES) trained on the rest; (a) every sin
 metric (sign included) chosen by mean τ on the training combinations; (c) the oracle: the best single metric on
 the held-out combination itself (the paper's "Best ZS"); (d) a random ranking (mean of 200 permutations); (e) the
 combination's ceiling: its measured test-retest τ where a retest sweep exists, else the τ expected from its
-per-layer standard errors scaled by the noise the retests measured (`ceilings`). Training combinations whose ceiling
-is below 0.5 count `LOW_WEIGHT`; in training that ceiling comes from the training combinations' retests alone, so
-the held-out one's retest leaks nothing and a fold trains exactly as `train-predictor --exclude` would.
+per-layer standard errors scaled by the noise the retests measured (`ceilings`). A retested combination's ground
+truth is the mean of its two sweeps (`corpus.pool_retests`), in training and as the held-out target. Training
+combinations whose ceiling is below 0.5 count `LOW_WEIGHT`; in training that ceiling comes from the training
+combinations' retests alone, so a fold trains exactly as `train-predictor --exclude` would.
 """
 import numpy as np
 from scipy.stats import kendalltau
@@ -60,23 +61,26 @@ def noise_ceiling(c, noise_per_se: float, draws: int = 200, seed: int = 0) -> fl
     return float(np.mean([tau(true + rng.normal(0, noise), true + rng.normal(0, noise)) for _ in range(draws)]))
 
 
-def perfect_ranker_tau(retest_tau: float) -> float:
-    """Expected τ between the true scores and one sweep, given the test-retest τ of two sweeps: a perfect ranker
-    still meets one sweep's noise, but only once. Kendall τ = (2/π)·arcsin(ρ) for normal scores and a sweep
-    correlates √ρ_retest with the truth."""
-    return float(2 / np.pi * np.arcsin(np.sqrt(max(np.sin(np.pi * retest_tau / 2), 0.0))))
+def perfect_ranker_tau(retest_tau: float, sweeps: int = 1) -> float:
+    """Expected τ between the true scores and the mean of `sweeps` sweeps, given the test-retest τ of two sweeps: a
+    perfect ranker still meets the ground truth's noise, but only once. Kendall τ = (2/π)·arcsin(ρ) for normal
+    scores; one sweep's reliability is ρ_retest, the mean of n has nρ/(1 + (n−1)ρ) (Spearman–Brown) and correlates
+    with the truth by its square root."""
+    rho = max(np.sin(np.pi * retest_tau / 2), 0.0)
+    return float(2 / np.pi * np.arcsin(np.sqrt(sweeps * rho / (1 + (sweeps - 1) * rho))))
 
 
-def ceilings(combos: list[dict], retests: dict) -> dict:
-    """Each combination's ceiling {"tau", "source", "perfect"}: the measured test-retest τ where a retest exists,
-    else `noise_ceiling` with the training-seed noise per unit of binomial SE measured on the retests (the validation
-    set is shared by both sweeps, so the retest noise is smaller than the binomial SE); None without either.
-    "perfect" is what a perfect ranker would score against this ground truth (`perfect_ranker_tau`)."""
+def ceilings(combos: list[dict]) -> dict:
+    """Each combination's ceiling {"tau", "source", "perfect"}: the measured test-retest τ of its two "sweeps" where
+    it has a retest (`corpus.pool_retests`), else `noise_ceiling` with the training-seed noise per unit of binomial
+    SE measured on the retests (the validation set is shared by both sweeps, so the retest noise is smaller than the
+    binomial SE); None without either. "perfect" is what a perfect ranker would score against this ground truth
+    (`perfect_ranker_tau`; against the mean of both sweeps where there are two)."""
     measured, diffs, ses = {}, [], []
     for c in combos:
-        again = retests.get(combination_name(c))
-        if again is None:
+        if "sweeps" not in c:
             continue
+        c, again = c["sweeps"]
         other = {l["name"]: l for l in again["layers"]}
         common = [l for l in c["layers"] if l["name"] in other]
         a = np.array([l["contribution"] for l in common])
@@ -90,12 +94,12 @@ def ceilings(combos: list[dict], retests: dict) -> dict:
     for c in combos:
         name = combination_name(c)
         if name in measured:
-            out[name] = {"tau": measured[name], "source": "retest"}
+            out[name] = {"tau": measured[name], "source": "retest", "sweeps": 2}
         else:
             est = noise_ceiling(c, noise_per_se) if noise_per_se is not None else None
-            out[name] = {"tau": est, "source": "estimated" if est is not None else "none"}
+            out[name] = {"tau": est, "source": "estimated" if est is not None else "none", "sweeps": 1}
         tau_ = out[name]["tau"]
-        out[name]["perfect"] = None if tau_ is None else perfect_ranker_tau(tau_)
+        out[name]["perfect"] = None if tau_ is None else perfect_ranker_tau(tau_, out[name]["sweeps"])
     return out
 
 
@@ -123,12 +127,12 @@ def top_overlap(scores, y, k=5) -> float:
 
 
 def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dataset", "combination"),
-             candidates: dict | None = None, retests: dict | None = None, **train_kwargs) -> dict:
-    """{"ceilings": ..., scheme: {"rows": [per held-out combination], "mean": {...}}}; `train_kwargs` go to every
-    candidate (e.g. epochs for the pairwise scorer)."""
+             candidates: dict | None = None, **train_kwargs) -> dict:
+    """{"ceilings": ..., scheme: {"rows": [per held-out combination], "mean": {...}}} over combinations as
+    `corpus.pool_retests` returns them; `train_kwargs` go to every candidate (e.g. epochs for the pairwise scorer)."""
     candidates = candidates or {"pairwise/v1": CANDIDATES["pairwise/v1"]}
     rng = np.random.default_rng(0)
-    ceiling = ceilings(combos, retests or {})
+    ceiling = ceilings(combos)
     per_combo_taus = {id(c): metric_taus(c, metric_names) for c in combos}
     results = {"ceilings": ceiling, "low_ceiling": LOW_CEILING, "low_weight": LOW_WEIGHT,
                "still_rising": {combination_name(c): still_rising(c) for c in combos}}
@@ -140,7 +144,7 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dat
             rest = [c for c in combos if key(c) != group]
             if not rest:
                 continue
-            train_set = training_set(rest, ceilings(rest, retests or {}))     # as train-predictor --exclude
+            train_set = training_set(rest, ceilings(rest))     # as train-predictor --exclude
             predictors = {name: train(train_set, metric_names, **kw, **_for(kw["scorer"], train_kwargs))
                           for name, kw in candidates.items()}
             signed = {(m, s): np.mean([s * per_combo_taus[id(c)][m] for c in rest]) for m in metric_names for s in (1, -1)}
@@ -162,6 +166,9 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dat
                              "oracle_tau": oracle[1] * taus[oracle[0]],
                              "random_tau": float(np.mean([tau(rng.permutation(len(y)), y) for _ in range(200)])),
                              "single_metric_taus": taus})
+                if "sweeps" in c:           # against each sweep alone: what pooling the retest changed
+                    rows[-1]["predictor_tau_by_sweep"] = {n: [tau(s, contributions(x)) for x in c["sweeps"]]
+                                                          for n, s in scores.items()}
         if rows:
             mean = {k: float(np.mean([r[k] for r in rows])) for k in
                     ("best_train_metric_tau", "best_train_metric_top5", "oracle_tau", "random_tau")}
@@ -188,7 +195,8 @@ def markdown(results: dict, metric_names: list[str]) -> str:
     names = list(results[schemes[0]]["mean"]["predictor_tau"])
     out = [f"Chosen: **{results['chosen']}** (by {results['chosen_by']}). Ceiling: the combination's test-retest τ "
            f"(measured, or — marked est. — expected from its standard errors); perfect: the τ a perfect ranker is "
-           f"expected to score against this one noisy sweep; training combinations with a ceiling below "
+           f"expected to score against this ground truth: one noisy sweep, or — marked ² — the mean of a combination's "
+           f"sweep and its retest; training combinations with a ceiling below "
            f"{results['low_ceiling']} count {results['low_weight']}×.", ""]
     ceilings_ = results["ceilings"]
     if ceilings_["noise_per_se"] is not None:
@@ -209,10 +217,9 @@ def markdown(results: dict, metric_names: list[str]) -> str:
                 " | best-on-train metric | τ | oracle metric (Best ZS) | τ | random |",
                 "|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|"]
         for r in res["rows"]:
-            estimated = ceilings_[r["combination"]]["source"] == "estimated"
-            ceil = "n/a" if r["ceiling_tau"] is None else f"{r['ceiling_tau']:.2f}" + (" est." if estimated else "")
-            perfect = ceilings_[r["combination"]]["perfect"]
-            perfect = "n/a" if perfect is None else f"{perfect:.2f}"
+            source, perfect = ceilings_[r["combination"]]["source"], ceilings_[r["combination"]]["perfect"]
+            ceil = "n/a" if r["ceiling_tau"] is None else f"{r['ceiling_tau']:.2f}" + (" est." * (source == "estimated"))
+            perfect = "n/a" if perfect is None else f"{perfect:.2f}" + ("²" * (source == "retest"))
             cells = " | ".join(f"{r['predictor_tau'][n]:.3f} ({r['predictor_top5'][n] * 5:.0f})" for n in names)
             out.append(f"| {r['combination']} | {r['layers']} | {ceil} | {perfect} | {cells} | "
                        f"{r['best_train_metric']} | {r['best_train_metric_tau']:.3f} | {r['oracle_metric']} | "
@@ -225,6 +232,16 @@ def markdown(results: dict, metric_names: list[str]) -> str:
         ceil_mean, perfect_mean = (f"{np.mean(v):.2f}" for v in zip(*known)) if known else ("", "")
         out += [f"| **mean** | | {ceil_mean} | {perfect_mean} | {cells} | | {m['best_train_metric_tau']:.3f} | | "
                 f"{m['oracle_tau']:.3f} | {m['random_tau']:.3f} |", ""]
+    pooled = [r for r in results[schemes[0]]["rows"] if "predictor_tau_by_sweep" in r]
+    if pooled:
+        chosen = results["chosen"]
+        out += [f"### Retested combinations: {chosen} against each sweep and against their mean "
+                f"(leave-one-{schemes[0]}-out)", "",
+                "| combination | test-retest τ | first sweep | retest | mean of both (the ground truth) |",
+                "|---|---|---|---|---|"]
+        out += [f"| {r['combination']} | {r['ceiling_tau']:.3f} | {r['predictor_tau_by_sweep'][chosen][0]:.3f} | "
+                f"{r['predictor_tau_by_sweep'][chosen][1]:.3f} | {r['predictor_tau'][chosen]:.3f} |" for r in pooled]
+        out.append("")
     rows = results[schemes[-1]]["rows"]
     out += ["### Single metrics (τ on each combination)", "",
             "| metric | " + " | ".join(r["combination"] for r in rows) + " | mean |", "|---|" + "---|" * (len(rows) + 1)]

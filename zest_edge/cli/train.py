@@ -122,19 +122,19 @@ def corpus_options(f):
     f = click.option("--exclude", multiple=True,
                      help="Leave out combination files whose name contains this (repeatable).")(f)
     f = click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False),
-                     help="Folder of combination files (its retest/ subfolder holds test-retest sweeps).")(f)
+                     help="Folder of combination files (its retest/ subfolder holds second sweeps, pooled into the ground truth).")(f)
     return f
 
 
 def read_corpus(corpus, exclude):
-    """(combinations, the metrics all of them have, {combination name: its retest combination})."""
-    from ..corpus import load_corpus, load_retests
+    """(combinations with retests pooled (`corpus.pool_retests`), the metrics all of them have)."""
+    from ..corpus import load_corpus, pool_retests
     from ..metrics import METRICS
     combos = [c for c in load_corpus(corpus) if not any(x in c["file"] for x in exclude)]
     if not combos:
         raise ZestError("--exclude left no combination")
     names = [m for m in METRICS if all(m in c["metric_names"] for c in combos)]
-    return combos, names, load_retests(corpus, combos)
+    return pool_retests(corpus, combos), names
 
 
 @click.command("train-predictor")
@@ -150,8 +150,8 @@ def train_predictor(corpus, exclude, out, scorer, features, seed):
     from ..training import config_hash
     from ..corpus import combination_name
     from ..bench.predictor_eval import ceilings, training_set
-    combos, names, retests = read_corpus(corpus, exclude)
-    train_set = training_set(combos, ceilings(combos, retests))
+    combos, names = read_corpus(corpus, exclude)
+    train_set = training_set(combos, ceilings(combos))
     predictor = train(train_set, names, scorer=scorer, features=features, seed=seed,
                       provenance={"corpus": [c["file"] for c in combos],
                                   "weights": {combination_name(c): t.weight for c, t in zip(combos, train_set)}})
@@ -173,12 +173,12 @@ def eval_predictor(corpus, exclude, out, candidates, schemes):
     from pathlib import Path
     from ..io import write_json, write_text
     from ..bench.predictor_eval import CANDIDATES, SCHEMES, evaluate, markdown
-    combos, names, retests = read_corpus(corpus, exclude)
+    combos, names = read_corpus(corpus, exclude)
     chosen = {n: CANDIDATES.get_or_fail(n) for n in (candidates.split(",") if candidates else CANDIDATES)}
     schemes = schemes.split(",")
     for scheme in schemes:
         SCHEMES.get_or_fail(scheme)
-    results = evaluate(combos, names, schemes=schemes, candidates=chosen, retests=retests)
+    results = evaluate(combos, names, schemes=schemes, candidates=chosen)
     text = markdown(results, names)
     click.echo(text)
     if out:
