@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zest_edge.bench.benchmark_stats import difference_summary
 from zest_edge.errors import ZestError
-from zest_edge.io import read_json, write_json, write_text
+from zest_edge.io import read_json, write_report
 
 
 def load(report: Path) -> dict:
@@ -60,9 +60,9 @@ def main() -> int:
     try:
         reports = {p.name: load(p) for p in args.reports}
         rows = pool(reports)
-        write_json(args.out / "pooled.json", {"format": "zest-edge/benchmark-pool", "version": 1,
-                                              "reports": [str(p) for p in args.reports], "rows": rows})
-        write_text(args.out / "pooled.md", markdown(rows, list(reports)))
+        write_report(args.out, "pooled", {"format": "zest-edge/benchmark-pool", "version": 1,
+                                          "reports": [str(p) for p in args.reports], "rows": rows},
+                     markdown(rows, list(reports)))
     except ZestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from zest_edge.config import load_config
 from zest_edge.contrib import HEAD, SweepConfig, run_jobs_local
 from zest_edge.corpus import load_corpus, still_rising
 from zest_edge.errors import ZestError
-from zest_edge.io import write_json, write_text
+from zest_edge.io import write_report
 
 
 def recheck(config: Path, corpus_file: Path, epochs: int, top: int) -> dict:
@@ -65,8 +65,7 @@ def main() -> int:
     args = ap.parse_args()
     try:
         res = recheck(args.config, args.corpus_file, args.epochs, args.top)
-        write_json(args.out / "recheck.json", res)
-        write_text(args.out / "recheck.md", markdown(res))
+        write_report(args.out, "recheck", res, markdown(res))
     except ZestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

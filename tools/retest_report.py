@@ -2,7 +2,7 @@
 
 The two sweeps share model, data subset and protocol and differ only in train_seed (head init, data order), so the
 Kendall τ between their layer scores is the agreement one ground-truth measurement has with itself: no predictor
-can be expected to beat it. Works on partial sweeps (the layers both have finished), and says how many that is.
+can be expected to beat it against one sweep (the corpus scores a retested combination by the mean of both). Works on partial sweeps (the layers both have finished), and says how many that is.
 
 Usage: python tools/retest_report.py [--sweeps corpus/sweeps] [--out reports/retest]
 """
@@ -15,7 +15,7 @@ from scipy.stats import kendalltau
 
 from zest_edge.contrib import HEAD, load_sweep
 from zest_edge.errors import ZestError
-from zest_edge.io import write_json, write_text
+from zest_edge.io import write_report
 
 
 def compare(first: dict, second: dict, k: int = 5) -> dict:
@@ -54,18 +54,17 @@ def main() -> int:
         return 2
     lines = ["# Test-retest ceiling of the contribution scores", "",
              "Two sweeps of one combination, identical but for train_seed (head init, data order). Kendall τ between",
-             "their per-layer scores (head-only row excluded) is the ceiling a ranker can reach against this ground",
-             "truth. SE: the binomial standard error of a score (mean over both sweeps).", "",
+             "their per-layer scores (head-only row excluded) is the ceiling a ranker can reach against one sweep;",
+             "the corpus scores a retested combination by the mean of both. SE: the binomial standard error of a",
+             "score (mean over both sweeps).", "",
              "| combination | layers compared | τ | top-5 overlap | mean |Δscore| | score spread (sd) | mean SE | lr |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         tau = "–" if r["kendall_tau"] is None else f"{r['kendall_tau']:.3f}"
         lines.append(f"| {name} | {r['layers']} | {tau} | {r['top5_overlap']}/5 | {r['mean_abs_diff']:.4f} | "
                      f"{r['score_spread']:.4f} | {r['mean_se']:.4f} | {r['lr'][0]} / {r['lr'][1]} |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "retest.json", {"format": "zest-edge/retest", "version": 1, "combinations": rows})
-    write_text(out / "retest.md", "\n".join(lines) + "\n")
+    write_report(args.out, "retest", {"format": "zest-edge/retest", "version": 1, "combinations": rows},
+                 "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from zest_edge.bench.predictor_eval import contributions, tau, top_overlap
 from zest_edge.corpus import combination_name, load_corpus
 from zest_edge.errors import ZestError
-from zest_edge.io import write_json, write_text
+from zest_edge.io import write_report
 from zest_edge.predictor import Predictor
 
 
@@ -43,9 +43,8 @@ def main() -> int:
     args = ap.parse_args()
     try:
         rows = score(args.predictor, args.files)
-        write_json(args.out / "spot_checks.json", {"format": "zest-edge/predictor-spot-checks", "version": 1,
-                                                    "rows": rows})
-        write_text(args.out / "spot_checks.md", markdown(rows))
+        write_report(args.out, "spot_checks", {"format": "zest-edge/predictor-spot-checks", "version": 1, "rows": rows},
+                     markdown(rows))
     except ZestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from zest_edge.bench.predictor_eval import batches, ceilings, contributions, tau
 from zest_edge.corpus import combination_name, load_corpus, pool_retests
 from zest_edge.errors import ZestError
 from zest_edge.features import rank01
-from zest_edge.io import write_json, write_text
+from zest_edge.io import write_report
 from zest_edge.metrics import METRICS
 from zest_edge.predictor import SCORERS, LambdaRank, train
 
@@ -99,9 +99,8 @@ def main() -> int:
     try:
         combos = pool_retests(args.corpus, load_corpus(args.corpus))
         rows = study(combos)
-        write_json(args.out / "study.json", {"format": "zest-edge/scorer-study", "version": 1,
-                                             "corpus": [c["file"] for c in combos], "rows": rows})
-        write_text(args.out / "study.md", markdown(rows))
+        write_report(args.out, "study", {"format": "zest-edge/scorer-study", "version": 1,
+                                         "corpus": [c["file"] for c in combos], "rows": rows}, markdown(rows))
     except ZestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -111,6 +111,12 @@ def write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def write_report(out, name: str, record: dict, text: str) -> None:
+    """A report as files: out/<name>.json (the data), then out/<name>.md (its Markdown view), each atomic."""
+    write_json(Path(out) / f"{name}.json", record)
+    write_text(Path(out) / f"{name}.md", text)
+
+
 def read_json(path, kind: str | None = None) -> dict:
     """Read a JSON file; with `kind`, check its `format` field is zest-edge/<kind>."""
     path = Path(path)

@@ -170,8 +170,7 @@ def train_predictor(corpus, exclude, out, scorer, features, seed):
               help="Leave-one-X-out schemes; the first chooses the winner.")
 def eval_predictor(corpus, exclude, out, candidates, schemes):
     """Held-out Kendall τ of candidate predictors vs single metrics and the ground truth's ceiling (leave-one-out)."""
-    from pathlib import Path
-    from ..io import write_json, write_text
+    from ..io import write_report
     from ..bench.predictor_eval import CANDIDATES, SCHEMES, evaluate, markdown
     combos, names = read_corpus(corpus, exclude)
     chosen = {n: CANDIDATES.get_or_fail(n) for n in (candidates.split(",") if candidates else CANDIDATES)}
@@ -182,7 +181,6 @@ def eval_predictor(corpus, exclude, out, candidates, schemes):
     text = markdown(results, names)
     click.echo(text)
     if out:
-        write_json(Path(out) / "eval.json", {"format": "zest-edge/predictor-eval", "version": 2,
-                                             "corpus": [c["file"] for c in combos], "results": results})
-        write_text(Path(out) / "eval.md", text)
+        write_report(out, "eval", {"format": "zest-edge/predictor-eval", "version": 2,
+                                   "corpus": [c["file"] for c in combos], "results": results}, text)
         click.echo(f"wrote {out}/eval.json and eval.md")
