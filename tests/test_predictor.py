@@ -336,3 +336,27 @@ def test_scorer_study_ships_the_leave_one_model_out_rows_of_the_predictor_eval(m
     fresh = {r["combination"]: r["tau"] for r in study.study(combos)}
     assert {n: t["lambdarank (shipped)"] for n, t in fresh.items()} == pytest.approx(expected, abs=1e-9)
     assert any(abs(t["rank_xendcg"] - t["lambdarank (shipped)"]) > 1e-6 for t in fresh.values())
+
+
+def test_retest_report_compares_finished_layers_and_shows_an_unstarted_retest(tmp_path):
+    """tools/retest_report.py: τ over the layers both sweeps finished (the committed Lite0 × Fashion pair gives the
+    committed report's τ); a retest with no finished layer yet is a row of dashes, not a crash."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).parent.parent
+    sweeps = root / "corpus" / "sweeps"
+    shutil.copytree(sweeps / "lite0_fashion", tmp_path / "lite0_fashion")
+    shutil.copytree(sweeps / "retest" / "lite0_fashion", tmp_path / "retest" / "lite0_fashion")
+    shutil.copytree(sweeps / "lite0_fashion", tmp_path / "started")
+    header = (sweeps / "retest" / "lite0_fashion" / "rows.jsonl").read_text().splitlines()[0]
+    (tmp_path / "retest" / "started").mkdir()
+    (tmp_path / "retest" / "started" / "rows.jsonl").write_text(header + "\n")
+    run = subprocess.run([sys.executable, str(root / "tools" / "retest_report.py"), "--sweeps", str(tmp_path),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=root)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads((tmp_path / "out" / "retest.json").read_text())["combinations"]
+    committed = json.loads((root / "reports" / "retest" / "retest.json").read_text())["combinations"]
+    assert rows["lite0_fashion"]["kendall_tau"] == pytest.approx(committed["lite0_fashion"]["kendall_tau"], abs=1e-12)
+    assert rows["started"]["layers"] == 0 and "| started | 0 | – | – | – |" in run.stdout

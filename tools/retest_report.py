@@ -59,10 +59,12 @@ def main() -> int:
              "score (mean over both sweeps).", "",
              "| combination | layers compared | τ | top-5 overlap | mean |Δscore| | score spread (sd) | mean SE | lr |",
              "|---|---|---|---|---|---|---|---|"]
+    def cell(value, spec: str, suffix: str = "") -> str:          # "–" where too few layers are finished yet
+        return "–" if value is None else f"{value:{spec}}{suffix}"
     for name, r in rows.items():
-        tau = "–" if r["kendall_tau"] is None else f"{r['kendall_tau']:.3f}"
-        lines.append(f"| {name} | {r['layers']} | {tau} | {r['top5_overlap']}/5 | {r['mean_abs_diff']:.4f} | "
-                     f"{r['score_spread']:.4f} | {r['mean_se']:.4f} | {r['lr'][0]} / {r['lr'][1]} |")
+        lines.append(f"| {name} | {r['layers']} | {cell(r['kendall_tau'], '.3f')} | {cell(r['top5_overlap'], 'd', '/5')} | "
+                     f"{cell(r['mean_abs_diff'], '.4f')} | {cell(r['score_spread'], '.4f')} | {cell(r['mean_se'], '.4f')} | "
+                     f"{r['lr'][0]} / {r['lr'][1]} |")
     write_report(args.out, "retest", {"format": "zest-edge/retest", "version": 1, "combinations": rows},
                  "\n".join(lines) + "\n")
     print("\n".join(lines))
