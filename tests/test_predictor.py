@@ -229,7 +229,8 @@ def test_a_retested_combination_is_scored_by_the_mean_of_its_two_sweeps(tmp_path
     layers, _ = synthetic_combo(rng, n=12)
     def record(scores):
         return {"format": "zest-edge/combination", "version": 2, "model": "m", "data": "d",
-                "sweep": {"task": {"resolution": 64}}, "layers": [{**l, "contribution": float(v)} for l, v in zip(layers, scores)]}
+                "sweep": {"task": {"resolution": 64}},
+                "layers": [{**l, "contribution": float(v)} for l, v in zip(layers, scores)]}
     a, b = rng.uniform(0.5, 0.9, 12), rng.uniform(0.5, 0.9, 12)
     write_json(tmp_path / "m.json", record(a))
     write_json(tmp_path / "other.json", record(b))

@@ -2,7 +2,8 @@
 
 The two sweeps share model, data subset and protocol and differ only in train_seed (head init, data order), so the
 Kendall τ between their layer scores is the agreement one ground-truth measurement has with itself: no predictor
-can be expected to beat it against one sweep (the corpus scores a retested combination by the mean of both). Works on partial sweeps (the layers both have finished), and says how many that is.
+can be expected to beat it against one sweep (the corpus scores a retested combination by the mean of both).
+Works on partial sweeps (the layers both have finished), and says how many that is.
 
 Usage: python tools/retest_report.py [--sweeps corpus/sweeps] [--out reports/retest]
 """
@@ -62,9 +63,9 @@ def main() -> int:
     def cell(value, spec: str, suffix: str = "") -> str:          # "–" where too few layers are finished yet
         return "–" if value is None else f"{value:{spec}}{suffix}"
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['layers']} | {cell(r['kendall_tau'], '.3f')} | {cell(r['top5_overlap'], 'd', '/5')} | "
-                     f"{cell(r['mean_abs_diff'], '.4f')} | {cell(r['score_spread'], '.4f')} | {cell(r['mean_se'], '.4f')} | "
-                     f"{r['lr'][0]} / {r['lr'][1]} |")
+        cells = [cell(r["kendall_tau"], ".3f"), cell(r["top5_overlap"], "d", "/5"), cell(r["mean_abs_diff"], ".4f"),
+                 cell(r["score_spread"], ".4f"), cell(r["mean_se"], ".4f"), f"{r['lr'][0]} / {r['lr'][1]}"]
+        lines.append(f"| {name} | {r['layers']} | " + " | ".join(cells) + " |")
     write_report(args.out, "retest", {"format": "zest-edge/retest", "version": 1, "combinations": rows},
                  "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -77,15 +77,12 @@ def ceilings(combos: list[dict]) -> dict:
     binomial SE); None without either. "perfect" is what a perfect ranker would score against this ground truth
     (`perfect_ranker_tau`; against the mean of both sweeps where there are two)."""
     measured, diffs, ses = {}, [], []
-    for c in combos:
-        if "sweeps" not in c:
-            continue
-        c, again = c["sweeps"]
+    for first, again in (c["sweeps"] for c in combos if "sweeps" in c):
         other = {l["name"]: l for l in again["layers"]}
-        common = [l for l in c["layers"] if l["name"] in other]
+        common = [l for l in first["layers"] if l["name"] in other]
         a = np.array([l["contribution"] for l in common])
         b = np.array([other[l["name"]]["contribution"] for l in common])
-        measured[combination_name(c)] = tau(a, b)
+        measured[combination_name(first)] = tau(a, b)
         diffs += list(a - b)
         ses += [x for l in common for x in (l.get("contribution_se"), other[l["name"]].get("contribution_se"))]
     noise_per_se = (float(np.sqrt(np.mean(np.square(diffs)) / 2) / np.mean(ses))

@@ -122,7 +122,8 @@ def corpus_options(f):
     f = click.option("--exclude", multiple=True,
                      help="Leave out combination files whose name contains this (repeatable).")(f)
     f = click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False),
-                     help="Folder of combination files (its retest/ subfolder holds second sweeps, pooled into the ground truth).")(f)
+                     help="Folder of combination files (its retest/ subfolder holds second sweeps, pooled into the "
+                          "ground truth).")(f)
     return f
 
 
