@@ -224,7 +224,7 @@ def test_a_perfect_ranker_scores_above_the_retest():
 def test_a_retested_combination_is_scored_by_the_mean_of_its_two_sweeps(tmp_path):
     """corpus.pool_retests: the ground truth of a combination with corpus/retest/<same file> is the per-layer mean
     of both sweeps, the sweeps kept for the test-retest τ; others are untouched; a retest missing layers is an error."""
-    from zest_edge.corpus import pool_retests
+    from zest_edge.corpus import load_corpus, pool_retests
     rng = np.random.default_rng(13)
     layers, _ = synthetic_combo(rng, n=12)
     def record(scores):
@@ -235,7 +235,6 @@ def test_a_retested_combination_is_scored_by_the_mean_of_its_two_sweeps(tmp_path
     write_json(tmp_path / "m.json", record(a))
     write_json(tmp_path / "other.json", record(b))
     write_json(tmp_path / "retest" / "m.json", record(b))
-    from zest_edge.corpus import load_corpus
     pooled = pool_retests(tmp_path, load_corpus(tmp_path))
     assert [l["contribution"] for l in pooled[0]["layers"]] == pytest.approx((a + b) / 2)
     assert [l["contribution"] for s in pooled[0]["sweeps"] for l in s["layers"]] == pytest.approx(np.concatenate([a, b]))
@@ -298,16 +297,22 @@ def test_combinations_differing_only_in_training_set_size_have_distinct_names():
 
 def test_spot_check_tool_agrees_with_the_committed_leave_one_model_out_row(tmp_path):
     """tools/score_predictor.py with the committed MobileNetV2-held-out predictor scores MobileNetV2 x Animal-MNIST
-    at the τ reports/predictor_eval gives that row; a missing predictor is a one-line error."""
+    at the τ reports/predictor_eval gives that row, and a retested file against the mean of its two sweeps; a missing
+    predictor is a one-line error."""
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).parent.parent
     tool = [sys.executable, str(root / "tools" / "score_predictor.py")]
     run = subprocess.run(tool + ["--predictor", "reports/predictors/held_out_mnv2.json", "corpus/mnv2_animal.json",
-                                 "--out", str(tmp_path / "spot")], capture_output=True, text=True, cwd=root)
+                                 "corpus/lite1_animal.json", "--out", str(tmp_path / "spot")],
+                         capture_output=True, text=True, cwd=root)
     assert run.returncode == 0, run.stderr
-    spot = json.loads((tmp_path / "spot" / "spot_checks.json").read_text())["rows"][0]
+    spot, retested = json.loads((tmp_path / "spot" / "spot_checks.json").read_text())["rows"]
+    from zest_edge.corpus import load_corpus, pool_retests            # a retested file: scored against both sweeps' mean
+    pooled = pool_retests(root / "corpus", load_corpus(root / "corpus" / "lite1_animal.json"))[0]
+    scores = Predictor.load(root / "reports" / "predictors" / "held_out_mnv2.json").score(pooled["layers"])
+    assert retested["tau"] == pytest.approx(tau(scores, [l["contribution"] for l in pooled["layers"]]), abs=1e-12)
     results = json.loads((root / "reports" / "predictor_eval" / "eval.json").read_text())["results"]
     row = next(r for r in results["model"]["rows"] if r["combination"].startswith("mobilenet_v2/animal_mnist"))
     assert spot["tau"] == pytest.approx(row["predictor_tau"][results["chosen"]], abs=1e-9)

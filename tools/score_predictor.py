@@ -8,14 +8,16 @@ import sys
 from pathlib import Path
 
 from zest_edge.bench.predictor_eval import contributions, tau, top_overlap
-from zest_edge.corpus import combination_name, load_corpus
+from zest_edge.corpus import combination_name, load_corpus, pool_retests
 from zest_edge.errors import ZestError
 from zest_edge.io import write_report
 from zest_edge.predictor import Predictor
 
 
 def score(predictors: list[Path], files: list[Path]) -> list[dict]:
-    combos = {f: load_corpus(f)[0] for f in files}
+    """Rows of τ against the ground truth eval-predictor uses: for a file with a retest/ copy beside it, the mean of
+    both sweeps (`pool_retests`)."""
+    combos = {f: pool_retests(f.parent, load_corpus(f))[0] for f in files}
     rows = []
     for pred_path in predictors:
         predictor = Predictor.load(pred_path)
