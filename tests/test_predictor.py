@@ -333,13 +333,16 @@ def test_scorer_study_ships_the_leave_one_model_out_rows_of_the_predictor_eval(m
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
     results = json.loads((root / "reports" / "predictor_eval" / "eval.json").read_text())["results"]
-    assert results["chosen"] == "lambdarank/v2"
-    expected = {r["combination"]: r["predictor_tau"]["lambdarank/v2"] for r in results["model"]["rows"]}
-    committed = json.loads((root / "reports" / "scorer_study" / "study.json").read_text())["rows"]
-    assert {r["combination"]: r["tau"]["lambdarank (shipped)"] for r in committed} == pytest.approx(expected, abs=1e-9)
+    scorer, features = results["chosen"].split("/")
+    assert scorer == "lambdarank"
+    expected = {r["combination"]: r["predictor_tau"][results["chosen"]] for r in results["model"]["rows"]}
+    committed = json.loads((root / "reports" / "scorer_study" / "study.json").read_text())
+    assert committed["features"] == features
+    assert {r["combination"]: r["tau"]["lambdarank (shipped)"] for r in committed["rows"]} == pytest.approx(expected,
+                                                                                                           abs=1e-9)
     monkeypatch.setattr(study, "VARIANTS", {k: study.VARIANTS[k] for k in ("lambdarank (shipped)", "rank_xendcg")})
     combos = pool_retests(root / "corpus", load_corpus(root / "corpus"))
-    fresh = {r["combination"]: r["tau"] for r in study.study(combos)}
+    fresh = {r["combination"]: r["tau"] for r in study.study(combos, features)}
     assert {n: t["lambdarank (shipped)"] for n, t in fresh.items()} == pytest.approx(expected, abs=1e-9)
     assert any(abs(t["rank_xendcg"] - t["lambdarank (shipped)"]) > 1e-6 for t in fresh.values())
 

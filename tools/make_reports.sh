@@ -7,9 +7,9 @@ Z=.venv/bin/zest-edge
 export OMP_NUM_THREADS=1
 $Z eval-predictor --corpus corpus/v1 --out reports/predictor_eval_v1
 $Z eval-predictor --corpus corpus --out reports/predictor_eval
-.venv/bin/python tools/scorer_study.py --corpus corpus --out reports/scorer_study     # is the scorer the limit?
 # ship the candidate (scorer/features) that won leave-one-model-out
 chosen=$(.venv/bin/python -c 'import json; print(json.load(open("reports/predictor_eval/eval.json"))["results"]["chosen"])')
+.venv/bin/python tools/scorer_study.py --corpus corpus --features "${chosen#*/}" --out reports/scorer_study  # the scorer the limit?
 $Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" --out zest_edge/predictors/default.json
 mkdir -p reports/predictors
 # predictors that have not seen a benchmark's combination; a committed one stays, because a finished benchmark ranked

@@ -3,7 +3,8 @@ limit? Variants: LightGBM's other ranking objectives (rank_xendcg; regression on
 five bagged LambdaRank models averaged as ranks, coarser and finer relevance grades, and ranking from the mean of
 the predictor's ranks over every metric minibatch of the held-out combination instead of the first one.
 
-Usage: python tools/scorer_study.py [--corpus corpus] --out reports/scorer_study
+Usage: python tools/scorer_study.py [--corpus corpus] [--features v2] --out reports/scorer_study
+(tools/make_reports.sh passes the feature set of the candidate eval-predictor chose.)
 """
 import argparse
 import sys
@@ -56,23 +57,23 @@ VARIANTS = {"lambdarank (shipped)": {"scorer": "lambdarank"},
 BATCH_MEAN = "lambdarank, mean over metric batches"
 
 
-def study(combos: list[dict]) -> list[dict]:
-    """One row per combination (as `pool_retests` returns them): its τ under every variant, each trained on the
-    other models' combinations."""
+def study(combos: list[dict], features: str = "v2") -> list[dict]:
+    """One row per combination (as `pool_retests` returns them): its τ under every variant (on `features`), each
+    trained on the other models' combinations."""
     SCORERS["lightgbm-variant"] = LightGBMVariant          # registered for this study only
     try:
-        return _study(combos)
+        return _study(combos, features)
     finally:
         del SCORERS["lightgbm-variant"]
 
 
-def _study(combos: list[dict]) -> list[dict]:
+def _study(combos: list[dict], features: str) -> list[dict]:
     names = [m for m in METRICS if all(m in c["metric_names"] for c in combos)]
     rows = []
     for model in sorted({c["model"] for c in combos}):
         rest = [c for c in combos if c["model"] != model]
         train_set = training_set(rest, ceilings(rest))
-        fitted = {v: train(train_set, names, features="v2", **kw) for v, kw in VARIANTS.items()}
+        fitted = {v: train(train_set, names, features=features, **kw) for v, kw in VARIANTS.items()}
         for c in (c for c in combos if c["model"] == model):
             y = contributions(c)
             taus = {v: tau(p.score(c["layers"]), y) for v, p in fitted.items()}
@@ -82,9 +83,9 @@ def _study(combos: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], features: str) -> str:
     variants = list(rows[0]["tau"])
-    out = ["# Scorer variants, leave-one-model-out Kendall τ (v2 features)", "",
+    out = [f"# Scorer variants, leave-one-model-out Kendall τ ({features} features)", "",
            "| held-out combination | " + " | ".join(variants) + " |", "|---|" + "---:|" * len(variants)]
     out += [f"| {r['combination']} | " + " | ".join(f"{r['tau'][v]:.3f}" for v in variants) + " |" for r in rows]
     out.append("| **mean** | " + " | ".join(f"**{np.mean([r['tau'][v] for r in rows]):.3f}**" for v in variants) + " |")
@@ -94,17 +95,19 @@ def markdown(rows: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=Path("corpus"))
+    ap.add_argument("--features", default="v2", help="feature set every variant trains on")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     try:
         combos = pool_retests(args.corpus, load_corpus(args.corpus))
-        rows = study(combos)
-        write_report(args.out, "study", {"format": "zest-edge/scorer-study", "version": 1,
-                                         "corpus": [c["file"] for c in combos], "rows": rows}, markdown(rows))
+        rows = study(combos, args.features)
+        text = markdown(rows, args.features)
+        write_report(args.out, "study", {"format": "zest-edge/scorer-study", "version": 1, "features": args.features,
+                                         "corpus": [c["file"] for c in combos], "rows": rows}, text)
     except ZestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(markdown(rows), end="")
+    print(text, end="")
     return 0
 
 
