@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from zest_edge.config import load_config
 from zest_edge.contrib import HEAD, SweepConfig, chosen_lr, load_sweep, probe_names, run_sweep
 from zest_edge.corpus import load_corpus, still_rising
 from zest_edge.errors import ZestError
@@ -140,6 +141,35 @@ def test_bad_sweep_yaml_is_one_line(tmp_path):
         res = subprocess.run(CLI + ["contrib", "--config", str(cfg), "--out", str(tmp_path / "o")], capture_output=True, text=True)
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and expected in res.stderr, res.stderr
         assert not (tmp_path / "o").exists()
+
+
+def test_a_config_takes_its_base_and_overrides_what_it_names(tmp_path):
+    (tmp_path / "first.yaml").write_text("model: resnet18\ndata: fashion_mnist\nlr_grid: [0.001, 0.01]\n")
+    (tmp_path / "retest").mkdir()
+    (tmp_path / "retest" / "again.yaml").write_text("base: ../first.yaml\ntrain_seed: 1\nlr_grid: [0.01]\n")
+    assert load_config(tmp_path / "retest" / "again.yaml", None) == dict(model="resnet18", data="fashion_mnist",
+                                                                         lr_grid=[0.01], train_seed=1)
+    (tmp_path / "first.yaml").write_text("base: retest/again.yaml\nmodel: resnet18\n")
+    with pytest.raises(ZestError, match="cycle"):
+        load_config(tmp_path / "retest" / "again.yaml", None)
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ZestError, match="config not found: .*nowhere.yaml"):
+        load_config(tmp_path / "lost.yaml", None)
+
+
+def test_each_retest_config_is_its_first_sweep_but_for_train_seed_and_rate():
+    """A retest measures training-seed noise only: the same task and protocol, another seed, at most the rate pinned."""
+    folder = Path(__file__).resolve().parents[1] / "configs" / "corpus"
+    retests = sorted((folder / "retest").glob("*.yaml"))
+    assert len(retests) >= 2
+    for path in retests:
+        retest, first = load_config(path, None), load_config(folder / path.name, None)
+        assert retest["train_seed"] != first.get("train_seed", first["seed"]), path.name
+        if len(retest["lr_grid"]) == 1:                         # pinned: to the rate the first sweep chose
+            chosen = json.loads((folder.parents[1] / "corpus" / f"{path.stem}.json").read_text())["lr"]
+            assert retest["lr_grid"] == [chosen], path.name
+        changed = {k for k in retest.keys() | first.keys() if retest.get(k) != first.get(k)}
+        assert changed <= {"train_seed", "lr_grid"}, (path.name, changed)
 
 
 def test_corrupt_corpus_row_is_a_clear_error(tmp_path):
