@@ -124,15 +124,19 @@ def test_missing_metric_is_a_clear_error():
 def test_leave_one_out_evaluation_reports_every_baseline():
     rng = np.random.default_rng(5)
     combos = []
-    for i, (model, data) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")]):
+    for i, (model, data) in enumerate([("a", "x"), ("a", "y"), ("a", "z"), ("b", "x")]):
         layers, _ = synthetic_combo(rng, scale=10.0 ** i)
         combos.append({"model": model, "data": data, "sweep": {"task": {"resolution": 32}}, "layers": layers})
     candidates = {"pairwise/v1": {"scorer": "pairwise", "features": "v1"},
                   "lambdarank/v2": {"scorer": "lambdarank", "features": "v2"}}
     res = evaluate(combos, METRICS, candidates=candidates, epochs=100, lr=0.03)
-    assert {"combination", "dataset", "model"} <= set(res) and res["chosen_by"] == "mean leave-one-model-out τ"
-    means = res["model"]["mean"]["predictor_tau"]
-    assert res["chosen"] == max(means, key=means.get)
+    assert {"combination", "dataset", "model"} <= set(res)
+    assert res["chosen_by"] == "mean leave-one-model-out τ, each held-out model weighted once"
+    rows = res["model"]["rows"]                          # model a has three combinations, b one: each counts once
+    by_model = {n: np.mean([np.mean([r["predictor_tau"][n] for r in rows if r["held_out"] == m]) for m in "ab"])
+                for n in candidates}
+    assert res["model"]["mean"]["predictor_tau_by_group"] == pytest.approx(by_model)
+    assert res["chosen"] == max(by_model, key=by_model.get)
     row = res["combination"]["rows"][0]
     for key in ("predictor_tau", "best_train_metric_tau", "oracle_tau", "random_tau", "predictor_top5",
                 "single_metric_taus", "ceiling_tau"):

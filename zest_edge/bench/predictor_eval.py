@@ -1,8 +1,8 @@
 """Held-out evaluation of predictors: Kendall τ against contribution scores, beside single-metric baselines and the
 ground truth's own noise ceiling.
 
-Schemes: leave-one-model-out (the one to choose by: leave-one-combination-out lets the same model leak into
-training), leave-one-dataset-out, leave-one-combination-out. For each held-out combination: every candidate
+Schemes: leave-one-model-out (the one to choose by, each held-out model weighted once: leave-one-combination-out
+lets the same model leak into training), leave-one-dataset-out, leave-one-combination-out. For each held-out combination: every candidate
 predictor (scorer × feature set, CANDIDATES) trained on the rest; (a) every single metric; (b) the best single
 metric (sign included) chosen by mean τ on the training combinations; (c) the oracle: the best single metric on
 the held-out combination itself (the paper's "Best ZS"); (d) a random ranking (mean of 200 permutations); (e) the
@@ -171,12 +171,21 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dat
                     ("best_train_metric_tau", "best_train_metric_top5", "oracle_tau", "random_tau")}
             mean["predictor_tau"] = {n: float(np.mean([r["predictor_tau"][n] for r in rows])) for n in candidates}
             mean["predictor_top5"] = {n: float(np.mean([r["predictor_top5"][n] for r in rows])) for n in candidates}
+            mean["predictor_tau_by_group"] = {n: group_mean(rows, n) for n in candidates}
             results[scheme] = {"rows": rows, "mean": mean}
     first = next((s for s in schemes if s in results), None)
     if first:
-        results["chosen"] = max(candidates, key=lambda n: results[first]["mean"]["predictor_tau"][n])
-        results["chosen_by"] = f"mean leave-one-{first}-out τ"
+        results["chosen"] = max(candidates, key=lambda n: results[first]["mean"]["predictor_tau_by_group"][n])
+        results["chosen_by"] = f"mean leave-one-{first}-out τ, each held-out {first} weighted once"
     return results
+
+
+def group_mean(rows: list[dict], candidate: str) -> float:
+    """Mean over the held-out groups (folds) of their rows' mean τ: a new model is one draw of a model, not of a
+    combination, so a model with five combinations counts as much as a model with one."""
+    groups = sorted({r["held_out"] for r in rows})
+    return float(np.mean([np.mean([r["predictor_tau"][candidate] for r in rows if r["held_out"] == g])
+                          for g in groups]))
 
 
 def _for(scorer: str, kwargs: dict) -> dict:
@@ -227,8 +236,10 @@ def markdown(results: dict, metric_names: list[str]) -> str:
         known = [(r["ceiling_tau"], ceilings_[r["combination"]]["perfect"])
                  for r in res["rows"] if r["ceiling_tau"] is not None]
         ceil_mean, perfect_mean = (f"{np.mean(v):.2f}" for v in zip(*known)) if known else ("", "")
+        by_group = " | ".join(f"**{m['predictor_tau_by_group'][n]:.3f}**" for n in names)
         out += [f"| **mean** | | {ceil_mean} | {perfect_mean} | {cells} | | {m['best_train_metric_tau']:.3f} | | "
-                f"{m['oracle_tau']:.3f} | {m['random_tau']:.3f} |", ""]
+                f"{m['oracle_tau']:.3f} | {m['random_tau']:.3f} |",
+                f"| **mean per held-out {scheme}** | | | | {by_group} | | | | | |", ""]
     pooled = [r for r in results[schemes[0]]["rows"] if "predictor_tau_by_sweep" in r]
     if pooled:
         chosen = results["chosen"]

@@ -168,7 +168,7 @@ def train_predictor(corpus, exclude, out, scorer, features, seed):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write eval.json and eval.md here.")
 @click.option("--candidates", default=None, help="Comma-separated scorer/features pairs [every one in the study].")
 @click.option("--schemes", default="model,dataset,combination", show_default=True,
-              help="Leave-one-X-out schemes; the first chooses the winner.")
+              help="Leave-one-X-out schemes; the first chooses the winner (mean τ over its held-out groups).")
 def eval_predictor(corpus, exclude, out, candidates, schemes):
     """Held-out Kendall τ of candidate predictors vs single metrics and the ground truth's ceiling (leave-one-out)."""
     from ..io import write_report
