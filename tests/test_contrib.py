@@ -166,8 +166,8 @@ def test_each_retest_config_is_its_first_sweep_but_for_train_seed_and_rate():
         retest, first = load_config(path, None), load_config(folder / path.name, None)
         assert retest["train_seed"] != first.get("train_seed", first["seed"]), path.name
         if len(retest["lr_grid"]) == 1:                         # pinned: to the rate the first sweep chose
-            chosen = json.loads((folder.parents[1] / "corpus" / f"{path.stem}.json").read_text())["lr"]
-            assert retest["lr_grid"] == [chosen], path.name
+            first_sweep = load_sweep(folder.parents[1] / "corpus" / "sweeps" / path.stem)
+            assert retest["lr_grid"] == [first_sweep["lr"]], path.name
         changed = {k for k in retest.keys() | first.keys() if retest.get(k) != first.get(k)}
         assert changed <= {"train_seed", "lr_grid"}, (path.name, changed)
 
