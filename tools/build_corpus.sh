@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate the predictor corpus: one contribution sweep per config, two at a time, one thread each (small
 # convolutions scale badly across threads). configs/corpus/X.yaml -> corpus/X.json; the test-retest sweeps in
-# configs/corpus/retest/X.yaml (X.yaml with another train_seed) -> corpus/retest/X.json (a second sweep: it measures the noise, and its mean with
-# corpus/X.json is X's ground truth);
+# configs/corpus/retest/X.yaml (X.yaml with another train_seed) -> corpus/retest/X.json (a second sweep: it measures
+# the noise, and its mean with corpus/X.json is X's ground truth);
 # configs/corpus/superseded/X.yaml (sweeps a protocol change replaced, kept as evidence) only when named.
 # The append-only sweep stores live in corpus/sweeps/ (committed as rows finish). Resumable: rerun to finish killed sweeps; finished rows are never redone.
 # Usage: tools/build_corpus.sh [CONFIG ...]   (default: every config, corpus first, then the retests)

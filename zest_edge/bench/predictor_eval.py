@@ -2,15 +2,15 @@
 ground truth's own noise ceiling.
 
 Schemes: leave-one-model-out (the one to choose by, each held-out model weighted once: leave-one-combination-out
-lets the same model leak into training), leave-one-dataset-out, leave-one-combination-out. For each held-out combination: every candidate
-predictor (scorer × feature set, CANDIDATES) trained on the rest; (a) every single metric; (b) the best single
-metric (sign included) chosen by mean τ on the training combinations; (c) the oracle: the best single metric on
-the held-out combination itself (the paper's "Best ZS"); (d) a random ranking (mean of 200 permutations); (e) the
-combination's ceiling: its measured test-retest τ where a retest sweep exists, else the τ expected from its
-per-layer standard errors scaled by the noise the retests measured (`ceilings`). A retested combination's ground
-truth is the mean of its two sweeps (`corpus.pool_retests`), in training and as the held-out target. Training
-combinations whose ceiling is below 0.5 count `LOW_WEIGHT`; in training that ceiling comes from the training
-combinations' retests alone, so a fold trains exactly as `train-predictor --exclude` would.
+lets the same model leak into training), leave-one-dataset-out, leave-one-combination-out. For each held-out
+combination: every candidate predictor (scorer × feature set, CANDIDATES) trained on the rest; (a) every single
+metric; (b) the best single metric (sign included) chosen by mean τ on the training combinations; (c) the oracle:
+the best single metric on the held-out combination itself (the paper's "Best ZS"); (d) a random ranking (mean of 200
+permutations); (e) the combination's ceiling: its measured test-retest τ where a retest sweep exists, else the τ
+expected from its per-layer standard errors scaled by the noise the retests measured (`ceilings`). A retested
+combination's ground truth is the mean of its two sweeps (`corpus.pool_retests`), in training and as the held-out
+target. Training combinations whose ceiling is below 0.5 count `LOW_WEIGHT`; in training that ceiling comes from the
+training combinations' retests alone, so a fold trains exactly as `train-predictor --exclude` would.
 """
 import numpy as np
 from scipy.stats import kendalltau
