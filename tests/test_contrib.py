@@ -60,14 +60,16 @@ def test_shards_merge_to_the_unsharded_sweep(tmp_path):
     for name, row in whole["rows"].items():
         assert merged["rows"][name]["acc"] == row["acc"]
         assert merged["rows"][name]["curve"] == row["curve"]
-    run_sweep(tiny(), tmp_path / "sharded", progress=False)          # unsharded after the shards: nothing to redo
-    assert layer_rows(tmp_path / "sharded" / "rows.jsonl") == []
+    again = run_sweep(tiny(), tmp_path / "sharded", progress=False)  # unsharded after the shards: nothing to redo,
+    assert again["rows"] == merged["rows"]
+    assert not (tmp_path / "sharded" / "rows.jsonl").exists()       # and no empty store file left behind
 
 
 def test_changed_config_is_refused(tmp_path):
     run_sweep(tiny(), tmp_path / "s", shard=(0, 10), progress=False)
-    with pytest.raises(ZestError, match="different configuration"):
-        run_sweep(tiny(epochs=2), tmp_path / "s", shard=(0, 10), progress=False)
+    for shard in (0, 10), (1, 10):                            # its own store file, or another shard's
+        with pytest.raises(ZestError, match="different configuration"):
+            run_sweep(tiny(epochs=2), tmp_path / "s", shard=shard, progress=False)
 
 
 def test_ray_backend_matches_local(tmp_path):

@@ -252,14 +252,26 @@ def run_sweep(sweep: SweepConfig, out, *, shard: tuple[int, int] = (0, 1), backe
     chash = config_hash(config)
     out = Path(out)
     path = store_path(out, shard)
-    rows = read_jsonl(path)
-    if rows and rows[0].get("config_hash") != chash:
-        raise ZestError(f"{path} holds a sweep with a different configuration; use another --out")
+    for f in sorted(out.glob("rows*.jsonl")):               # this shard's file and the others': one sweep, or refuse
+        first = read_jsonl(f)[:1]
+        if first and first[0].get("config_hash") != chash:
+            raise ZestError(f"{f} holds a sweep with a different configuration; use another --out")
     out.mkdir(parents=True, exist_ok=True)
     repair_jsonl(path)
-    if not rows:
-        append_jsonl(path, {"type": "header", "config": config, "config_hash": chash})
-    emit = lambda row: append_jsonl(path, {**row, "config_hash": chash})
+    header = None if read_jsonl(path) else {"type": "header", "config": config, "config_hash": chash}
+
+    def emit(row=None):
+        """Append a row (None: the header alone). The header goes in just before this store file's first row, so a
+        run with nothing left to do (an unsharded run after its shards) leaves no empty file behind."""
+        nonlocal header
+        if header:
+            append_jsonl(path, header)
+            header = None
+        if row is not None:
+            append_jsonl(path, {**row, "config_hash": chash})
+
+    if not any(out.glob("rows*.jsonl")):
+        emit()                              # a fresh sweep: its store starts now
     run = run_jobs_ray if backend == "ray" else run_jobs_local
     kw = dict(address=address) if backend == "ray" else {}
     if len(sweep.lr_grid) > 1:
