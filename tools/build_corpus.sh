@@ -3,7 +3,8 @@
 # convolutions scale badly across threads). configs/corpus/X.yaml -> corpus/X.json; the test-retest sweeps in
 # configs/corpus/retest/X.yaml (X.yaml with another train_seed) -> corpus/retest/X.json (a second sweep: it measures
 # the noise, and its mean with corpus/X.json is X's ground truth);
-# configs/corpus/superseded/X.yaml (sweeps a protocol change replaced, kept as evidence) only when named.
+# configs/corpus/superseded/X.yaml (sweeps a protocol change replaced, kept as evidence) and
+# configs/corpus/rate_study/X.yaml (X swept at another rate) only when named (into corpus/superseded/, rate_study/).
 # The append-only sweep stores live in corpus/sweeps/ (committed as rows finish). Resumable: rerun to finish killed sweeps; finished rows are never redone.
 # Usage: tools/build_corpus.sh [CONFIG ...]   (default: every config, corpus first, then the retests)
 # ZEST_EDGE=path/to/zest-edge runs another build (e.g. a frozen copy while the tree changes).
@@ -11,8 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 configs=("$@")
 [ ${#configs[@]} -gt 0 ] || configs=(configs/corpus/*.yaml configs/corpus/retest/*.yaml)
-mkdir -p corpus/retest corpus/superseded corpus/sweeps/retest corpus/sweeps/superseded runs/sweeps/retest runs/sweeps/superseded
+for d in retest superseded rate_study; do mkdir -p corpus/$d corpus/sweeps/$d runs/sweeps/$d; done
 printf '%s\n' "${configs[@]}" | OMP_NUM_THREADS=1 ZEST_EDGE="${ZEST_EDGE:-.venv/bin/zest-edge}" xargs -P "${JOBS:-2}" -I{} sh -c '
-  name=$(basename {} .yaml); case {} in */retest/*) name=retest/$name;; */superseded/*) name=superseded/$name;; esac
+  name=$(basename {} .yaml); case {} in */retest/*) name=retest/$name;; */superseded/*) name=superseded/$name;; */rate_study/*) name=rate_study/$name;; esac
   ${ZEST_EDGE:-.venv/bin/zest-edge} contrib --config {} --out corpus/sweeps/$name --corpus-out corpus/$name.json > runs/sweeps/$name.log 2>&1 \
     && echo "done $name" || { echo "FAILED $name (see runs/sweeps/$name.log)"; exit 1; }'
