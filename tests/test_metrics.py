@@ -209,6 +209,21 @@ def test_synflow_ignores_the_data():
         compute_metrics(mlp, *batch((6,), seed=2), metrics=["synflow"])
 
 
+def test_dropout_masks_come_from_the_seed():
+    """MobileNetV2's classifier drops 20% of its features in the train-mode pass: the seed fixes the masks, whatever
+    the global RNG holds, and another seed draws others (so the check has teeth)."""
+    torch.manual_seed(0)
+    net = build_model("mobilenet_v2", num_classes=10)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    a = compute_metrics(net, x, y, metrics=["grad_norm", "snip"])
+    torch.rand(1000)                                                      # the global RNG moves on
+    state = torch.get_rng_state()
+    assert compute_metrics(net, x, y, metrics=["grad_norm", "snip"]) == a
+    assert torch.equal(torch.get_rng_state(), state)                      # and is left where it was
+    other = compute_metrics(net, x, y, metrics=["grad_norm", "snip"], seed=1)
+    assert other["features.18.0"] != a["features.18.0"]
+
+
 # ---------------------------------------------------------------- the model comes back exactly as it went in
 
 def snapshot(model):

@@ -11,14 +11,15 @@ from .task import Task, sample_batch
 
 
 def metrics_record(task: Task, *, batch_size: int, metrics: list[str] | None = None, batch_seed: int | None = None) -> dict:
-    """The metrics.json record for one minibatch drawn with `batch_seed` (default: the task seed)."""
+    """The metrics.json record for one minibatch drawn with `batch_seed` (default: the task seed), which also seeds
+    the pass's dropout masks: the same task and seed give the same record."""
     seed = task.seed if batch_seed is None else batch_seed
     names = list(METRICS) if metrics is None else metrics
     for n in names:
         METRICS.get_or_fail(n)
     x, y = sample_batch(task.train, batch_size, seed)
     start = time.perf_counter()
-    values = compute_metrics(task.model, x, y, metrics=names)
+    values = compute_metrics(task.model, x, y, metrics=names, seed=seed)
     seconds = time.perf_counter() - start
     layers = [finite_metrics({**layer.to_dict(), "metrics": values[layer.name]})
                for layer in layer_map(task.model, x[:1])]

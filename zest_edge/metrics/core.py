@@ -25,8 +25,12 @@ def measure(name: str, needs: str = "weight"):
 
 
 def compute_metrics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                    metrics: list[str] | None = None, layers: list[str] | None = None) -> dict[str, dict[str, float]]:
-    """{layer_name: {metric: value}} for the candidate layers (all, or `layers`) in execution order."""
+                    metrics: list[str] | None = None, layers: list[str] | None = None,
+                    seed: int = 0) -> dict[str, dict[str, float]]:
+    """{layer_name: {metric: value}} for the candidate layers (all, or `layers`) in execution order.
+
+    The data pass runs in train mode, so dropout draws masks: they come from `seed` (the global RNG is left as it
+    was), and the same model, batch and seed give the same values."""
     names = list(METRICS) if metrics is None else metrics
     fns = [METRICS.get_or_fail(n) for n in names]
     all_layers = layer_map(model, inputs[:1])
@@ -40,7 +44,9 @@ def compute_metrics(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
             # G and H·G are taken over every candidate weight plus the head, as foresight does.
             probed = {layer.name: modules[layer.name] for layer in all_layers}
             probed.update({n: m for n, m in modules.items() if n.startswith(head) and isinstance(m, (nn.Linear, nn.Conv2d))})
-            passed = data_pass(model, probed, inputs, targets, with_hvp="hvp" in needs)
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                passed = data_pass(model, probed, inputs, targets, with_hvp="hvp" in needs)
             tensors = {n: passed[n] for n in tensors}
         if "synflow" in needs:
             for n, (g, w) in synflow_pass(model, list(tensors), inputs).items():
