@@ -301,8 +301,8 @@ def test_combinations_differing_only_in_training_set_size_have_distinct_names():
 
 def test_spot_check_tool_agrees_with_the_committed_leave_one_model_out_row(tmp_path):
     """tools/score_predictor.py with the committed MobileNetV2-held-out predictor scores MobileNetV2 x Animal-MNIST
-    at the τ reports/predictor_eval gives that row, and a retested file against the mean of its two sweeps; a missing
-    predictor is a one-line error."""
+    at the τ reports/predictor_eval gives that row, and a retested file against the mean of its two sweeps; a file
+    without a metric the predictor reads is named, not scored; a missing predictor is a one-line error."""
     import subprocess
     import sys
     from pathlib import Path
@@ -320,6 +320,11 @@ def test_spot_check_tool_agrees_with_the_committed_leave_one_model_out_row(tmp_p
     results = json.loads((root / "reports" / "predictor_eval" / "eval.json").read_text())["results"]
     row = next(r for r in results["model"]["rows"] if r["combination"].startswith("mobilenet_v2/animal_mnist"))
     assert spot["tau"] == pytest.approx(row["predictor_tau"][results["chosen"]], abs=1e-9)
+    old = subprocess.run(tool + ["--predictor", "reports/predictors/held_out_mnv2.json", "corpus/v1/lite0_animal.json",
+                                 "--out", str(tmp_path / "old")], capture_output=True, text=True, cwd=root)
+    assert old.returncode == 0, old.stderr                          # built before rgn existed: named, not scored
+    [row] = json.loads((tmp_path / "old" / "spot_checks.json").read_text())["rows"]
+    assert row["tau"] is None and row["not_scored"] == "the file lacks rgn" and "the file lacks rgn" in old.stdout
     bad = subprocess.run(tool + ["--predictor", "missing.json", "corpus/mnv2_animal.json", "--out", str(tmp_path / "b")],
                          capture_output=True, text=True, cwd=root)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and not (tmp_path / "b").exists()

@@ -16,24 +16,31 @@ from zest_edge.predictor import Predictor
 
 def score(predictors: list[Path], files: list[Path]) -> list[dict]:
     """Rows of τ against the ground truth eval-predictor uses: for a file with a retest/ copy beside it, the mean of
-    both sweeps (`pool_retests`)."""
+    both sweeps (`pool_retests`). A file that lacks a metric the predictor reads (one built before the metric
+    existed) gets a row that names it, with no τ."""
     combos = {f: pool_retests(f.parent, load_corpus(f))[0] for f in files}
     rows = []
     for pred_path in predictors:
         predictor = Predictor.load(pred_path)
         for f, c in combos.items():
+            row = {"predictor": str(pred_path), "predictor_id": predictor.provenance.get("id"),
+                   "trained_on": predictor.provenance.get("corpus"), "file": str(f),
+                   "combination": combination_name(c), "layers": len(c["layers"])}
+            lacks = [m for m in predictor.metric_names if m not in c["metric_names"]]
+            if lacks:
+                rows.append({**row, "tau": None, "top5": None, "not_scored": f"the file lacks {', '.join(lacks)}"})
+                continue
             scores, y = predictor.score(c["layers"]), contributions(c)
-            rows.append({"predictor": str(pred_path), "predictor_id": predictor.provenance.get("id"),
-                         "trained_on": predictor.provenance.get("corpus"), "file": str(f),
-                         "combination": combination_name(c), "layers": len(y), "tau": tau(scores, y),
-                         "top5": round(5 * top_overlap(scores, y))})
+            rows.append({**row, "tau": tau(scores, y), "top5": round(5 * top_overlap(scores, y))})
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     out = ["# Predictor spot checks", "", "| predictor | combination file | layers | Kendall τ | top-5 overlap |",
            "|---|---|---:|---:|---:|"]
-    out += [f"| {r['predictor']} | {r['file']} | {r['layers']} | {r['tau']:.3f} | {r['top5']}/5 |" for r in rows]
+    out += [f"| {r['predictor']} | {r['file']} | {r['layers']} | " +
+            (f"{r['tau']:.3f} | {r['top5']}/5 |" if "not_scored" not in r else f"— ({r['not_scored']}) | — |")
+            for r in rows]
     return "\n".join(out) + "\n"
 
 
