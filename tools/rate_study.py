@@ -18,7 +18,7 @@ import numpy as np
 from zest_edge.bench.predictor_eval import contributions, tau, top_overlap
 from zest_edge.corpus import combination_name, load_corpus, pool_retests
 from zest_edge.errors import ZestError
-from zest_edge.io import write_report
+from zest_edge.io import report_main
 from zest_edge.predictor import Predictor
 
 MOVED = 0.01        # a layer "moves" when its score at the other rate differs by more than this
@@ -74,17 +74,13 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, default=Path("corpus"))
     ap.add_argument("--out", type=Path, default=Path("reports/rate_study"))
     args = ap.parse_args()
-    try:
+
+    def build():
         predictor = Predictor.load(args.predictor)
         rows = [study(predictor, args.corpus, c) for c in load_corpus(args.corpus / "rate_study")]
-        text = markdown(rows, args.predictor)
-        write_report(args.out, "rate_study", {"format": "zest-edge/rate-study", "version": 1,
-                                              "predictor": str(args.predictor), "rows": rows}, text)
-    except ZestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(text, end="")
-    return 0
+        return ({"format": "zest-edge/rate-study", "version": 1, "predictor": str(args.predictor), "rows": rows},
+                markdown(rows, args.predictor))
+    return report_main(args.out, "rate_study", build)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from zest_edge.config import load_config
 from zest_edge.contrib import HEAD, SweepConfig, run_jobs_local
 from zest_edge.corpus import load_corpus, still_rising
 from zest_edge.errors import ZestError
-from zest_edge.io import write_report
+from zest_edge.io import report_main
 
 
 def recheck(config: Path, corpus_file: Path, epochs: int, top: int) -> dict:
@@ -63,14 +63,11 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=5, help="the sweep's best layers to train again beside them")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    try:
+
+    def build():
         res = recheck(args.config, args.corpus_file, args.epochs, args.top)
-        write_report(args.out, "recheck", res, markdown(res))
-    except ZestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out}/recheck.json and recheck.md")
-    return 0
+        return res, markdown(res)
+    return report_main(args.out, "recheck", build, show=False)
 
 
 if __name__ == "__main__":

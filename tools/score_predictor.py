@@ -9,8 +9,7 @@ from pathlib import Path
 
 from zest_edge.bench.predictor_eval import contributions, tau, top_overlap
 from zest_edge.corpus import combination_name, load_corpus, pool_retests
-from zest_edge.errors import ZestError
-from zest_edge.io import write_report
+from zest_edge.io import report_main
 from zest_edge.predictor import Predictor
 
 
@@ -50,15 +49,11 @@ def main() -> int:
     ap.add_argument("--predictor", action="append", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    try:
+
+    def build():
         rows = score(args.predictor, args.files)
-        write_report(args.out, "spot_checks", {"format": "zest-edge/predictor-spot-checks", "version": 1, "rows": rows},
-                     markdown(rows))
-    except ZestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(markdown(rows), end="")
-    return 0
+        return {"format": "zest-edge/predictor-spot-checks", "version": 1, "rows": rows}, markdown(rows)
+    return report_main(args.out, "spot_checks", build)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,8 @@ import numpy as np
 
 from zest_edge.bench.predictor_eval import batches, ceilings, contributions, tau, training_set
 from zest_edge.corpus import combination_name, load_corpus, pool_retests
-from zest_edge.errors import ZestError
 from zest_edge.features import rank01
-from zest_edge.io import write_report
+from zest_edge.io import report_main
 from zest_edge.metrics import METRICS
 from zest_edge.predictor import SCORERS, LambdaRank, train
 
@@ -98,17 +97,13 @@ def main() -> int:
     ap.add_argument("--features", default="v2", help="feature set every variant trains on")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    try:
+
+    def build():
         combos = pool_retests(args.corpus, load_corpus(args.corpus))
         rows = study(combos, args.features)
-        text = markdown(rows, args.features)
-        write_report(args.out, "study", {"format": "zest-edge/scorer-study", "version": 1, "features": args.features,
-                                         "corpus": [c["file"] for c in combos], "rows": rows}, text)
-    except ZestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(text, end="")
-    return 0
+        return ({"format": "zest-edge/scorer-study", "version": 1, "features": args.features,
+                 "corpus": [c["file"] for c in combos], "rows": rows}, markdown(rows, args.features))
+    return report_main(args.out, "study", build)
 
 
 if __name__ == "__main__":

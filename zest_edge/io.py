@@ -117,6 +117,19 @@ def write_report(out, name: str, record: dict, text: str) -> None:
     write_text(Path(out) / f"{name}.md", text)
 
 
+def report_main(out, name: str, build, *, show: bool = True) -> int:
+    """A report tool's main(): build() -> (record, markdown), written as write_report does, then the Markdown printed
+    (show=False: one "wrote" line). A ZestError is one line on stderr, exit status 1, and nothing written."""
+    try:
+        record, text = build()
+        write_report(out, name, record, text)
+    except ZestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(text if show else f"wrote {out}/{name}.json and {name}.md\n", end="")
+    return 0
+
+
 def read_json(path, kind: str | None = None) -> dict:
     """Read a JSON file; with `kind`, check its `format` field is zest-edge/<kind>."""
     path = Path(path)
