@@ -1,5 +1,6 @@
-"""tools/rate_study.py on the committed rate-study sweep: its probed-rate column is eval-predictor's held-out row,
-best of two is the per-layer maximum, and a study file without its corpus combination is a one-line error."""
+"""tools/rate_study.py on the committed rate-study sweep: it picks the predictor that has not seen the model, its
+probed-rate column is eval-predictor's held-out row, best of two is the per-layer maximum; a study file without its
+corpus combination, or no unseen predictor, is a one-line error."""
 import json
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ from zest_edge.corpus import load_corpus, pool_retests
 from zest_edge.predictor import Predictor
 
 ROOT = Path(__file__).parent.parent
-TOOL = [sys.executable, str(ROOT / "tools" / "rate_study.py"), "--predictor", "reports/predictors/held_out_mnv2.json"]
+TOOL = [sys.executable, str(ROOT / "tools" / "rate_study.py"), "--predictor", "zest_edge/predictors/default.json",
+        "--predictor", "reports/predictors/held_out_mnv2.json"]
 
 
 def test_rate_study_agrees_with_the_predictor_eval_and_takes_the_better_rate(tmp_path):
@@ -33,6 +35,7 @@ def test_rate_study_agrees_with_the_predictor_eval_and_takes_the_better_rate(tmp
     assert row["predictor_tau"]["best_of_two"] == pytest.approx(tau(scores, np.array(best)), abs=1e-12)
     assert row["better_at_other"] == sum(other[l["name"]] > l["contribution"] for l in probed["layers"])
     assert row["probed_lr"] == 0.003 and row["other_lr"] == 0.001 and row["probed_sweeps"] == 2
+    assert row["predictor"] == "reports/predictors/held_out_mnv2.json"          # default.json has seen MobileNetV2
 
 
 def test_a_study_without_its_corpus_combination_is_one_line(tmp_path):
@@ -42,3 +45,9 @@ def test_a_study_without_its_corpus_combination_is_one_line(tmp_path):
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 1 and run.stderr.startswith("error: ") and run.stderr.count("\n") == 1
     assert "lonely.json has no corpus combination" in run.stderr and not (tmp_path / "out").exists()
+
+
+def test_without_a_predictor_that_has_not_seen_the_model_is_one_line(tmp_path):
+    run = subprocess.run(TOOL[:4] + ["--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1
+    assert "every predictor given has seen mobilenet_v2" in run.stderr and not any(tmp_path.iterdir())

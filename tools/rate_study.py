@@ -2,11 +2,12 @@
 
 For each corpus/rate_study/X.json (corpus/X.json's sweep at another rate, outside the corpus) it compares the ground
 truth at the probed rate (corpus/X.json, pooled with its retest as eval-predictor does) with the one at the other
-rate and with a layer's better score of the two ("best of two rates", a candidate protocol), and scores a predictor
-that has not seen the model against all three. The per-layer maximum of two noisy scores is biased upward, more for
-noisier scores: read its τ as a lead, not a protocol result.
+rate and with a layer's better score of the two ("best of two rates", a candidate protocol), and scores it with
+the given predictor that has not seen its model (trained without it: `train-predictor --exclude`) against all
+three. The per-layer maximum of two noisy scores is biased upward, more for noisier scores: read its τ as a lead,
+not a protocol result.
 
-Usage: python tools/rate_study.py --predictor reports/predictors/held_out_mnv2.json [--corpus corpus]
+Usage: python tools/rate_study.py --predictor P.json [--predictor Q.json ...] [--corpus corpus]
        [--out reports/rate_study]
 """
 import argparse
@@ -24,7 +25,15 @@ from zest_edge.predictor import Predictor
 MOVED = 0.01        # a layer "moves" when its score at the other rate differs by more than this
 
 
-def study(predictor: Predictor, corpus: Path, other: dict) -> dict:
+def unseen(predictors: dict[Path, Predictor], model: str, corpus: Path) -> Path:
+    """The first predictor whose training corpus (its provenance) holds no combination of `model`."""
+    for path, p in predictors.items():
+        if all(load_corpus(corpus / f)[0]["model"] != model for f in p.provenance.get("corpus", [])):
+            return path
+    raise ZestError(f"every predictor given has seen {model}; train one without it (train-predictor --exclude)")
+
+
+def study(predictors: dict[Path, Predictor], corpus: Path, other: dict) -> dict:
     """One combination: its probed-rate ground truth against `other` (the same combination at another rate)."""
     path = corpus / other["file"]
     if not path.is_file():
@@ -37,10 +46,12 @@ def study(predictor: Predictor, corpus: Path, other: dict) -> dict:
     y_probed = contributions(probed)
     y_other = np.array([at_other[n] for n in names])
     truths = {"probed": y_probed, "other": y_other, "best_of_two": np.maximum(y_probed, y_other)}
-    scores = predictor.score(probed["layers"])
+    chosen = unseen(predictors, probed["model"], corpus)
+    scores = predictors[chosen].score(probed["layers"])
     moved = [{"layer": n, "probed": float(a), "other": float(b)} for n, a, b in zip(names, y_probed, y_other)
              if abs(b - a) > MOVED]
-    return {"combination": combination_name(probed), "file": other["file"], "probed_lr": probed["lr"],
+    return {"combination": combination_name(probed), "file": other["file"], "predictor": str(chosen),
+            "probed_lr": probed["lr"],
             "other_lr": other["lr"], "layers": len(names), "probed_sweeps": len(probed.get("sweeps", [probed])),
             "head_acc": {"probed": probed["head_acc"], "other": other["head_acc"]},
             "rates_agree_tau": tau(y_probed, y_other),
@@ -49,15 +60,16 @@ def study(predictor: Predictor, corpus: Path, other: dict) -> dict:
             "better_at_other": int(np.sum(y_other > y_probed)), "moved": moved}
 
 
-def markdown(rows: list[dict], predictor_path: Path) -> str:
-    out = ["# Rate study", "", f"Predictor: {predictor_path}. Ground truth at the probed rate is the mean of the "
-           "combination's sweeps there; at the other rate, one sweep; best of two: a layer's higher score.", "",
-           "| combination | probed lr | other lr | rates agree τ | layers better at other | predictor τ: probed "
-           "| other | best of two |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+def markdown(rows: list[dict]) -> str:
+    out = ["# Rate study", "", "Ground truth at the probed rate is the mean of the combination's sweeps there; at the "
+           "other rate, one sweep; best of two: a layer's higher score. Predictor: one that has not seen the model.",
+           "",
+           "| combination | probed lr | other lr | rates agree τ | layers better at other | predictor | τ: probed "
+           "| other | best of two |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         t = r["predictor_tau"]
         out.append(f"| {r['combination']} | {r['probed_lr']:g} | {r['other_lr']:g} | {r['rates_agree_tau']:.3f} | "
-                   f"{r['better_at_other']}/{r['layers']} | {t['probed']:.3f} | {t['other']:.3f} | "
+                   f"{r['better_at_other']}/{r['layers']} | {r['predictor']} | {t['probed']:.3f} | {t['other']:.3f} | "
                    f"{t['best_of_two']:.3f} |")
     for r in rows:
         out += ["", f"## {r['combination']}: layers moved by more than {MOVED} (head only, first sweeps: "
@@ -70,16 +82,15 @@ def markdown(rows: list[dict], predictor_path: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--predictor", type=Path, required=True)
+    ap.add_argument("--predictor", type=Path, action="append", required=True)
     ap.add_argument("--corpus", type=Path, default=Path("corpus"))
     ap.add_argument("--out", type=Path, default=Path("reports/rate_study"))
     args = ap.parse_args()
 
     def build():
-        predictor = Predictor.load(args.predictor)
-        rows = [study(predictor, args.corpus, c) for c in load_corpus(args.corpus / "rate_study")]
-        return ({"format": "zest-edge/rate-study", "version": 1, "predictor": str(args.predictor), "rows": rows},
-                markdown(rows, args.predictor))
+        predictors = {p: Predictor.load(p) for p in args.predictor}
+        rows = [study(predictors, args.corpus, c) for c in load_corpus(args.corpus / "rate_study")]
+        return {"format": "zest-edge/rate-study", "version": 1, "rows": rows}, markdown(rows)
     return report_main(args.out, "rate_study", build)
 
 
