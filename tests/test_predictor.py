@@ -10,7 +10,8 @@ from zest_edge.errors import ZestError
 from zest_edge.io import write_json
 from zest_edge.features import feature_matrix, feature_set
 from zest_edge.predictor import SCORERS, Combination, Predictor, train
-from zest_edge.bench.predictor_eval import ceilings, evaluate, markdown, noise_ceiling, perfect_ranker_tau, tau
+from zest_edge.bench.predictor_eval import (ceilings, evaluate, markdown, nested, noise_ceiling, perfect_ranker_tau,
+                                           tau)
 
 METRICS = ["snip", "grad_norm", "fisher"]
 
@@ -155,6 +156,38 @@ def test_leave_one_out_evaluation_reports_every_baseline():
         name = row["best_train_metric"]
         assert row["best_train_metric_tau"] == pytest.approx((-1 if name[0] == "-" else 1) * taus[name.lstrip("-")],
                                                              abs=1e-12)
+
+
+def test_nested_selection_chooses_on_the_other_models_only():
+    """Each held-out model is scored with the candidate that leave-one-model-out on the other models picks (there
+    computed again here), at the τ the outer leave-one-model-out rows give it."""
+    rng = np.random.default_rng(6)
+    combos = []
+    for i, (model, data) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("c", "y"), ("c", "z")]):
+        layers, _ = synthetic_combo(rng, scale=10.0 ** (i % 3))
+        combos.append({"model": model, "data": data, "sweep": {"task": {"resolution": 32}}, "layers": layers})
+    candidates = {"pairwise/v1": {"scorer": "pairwise", "features": "v1"},
+                  "lambdarank/structure": {"scorer": "lambdarank", "features": "structure"}}
+    outer = evaluate(combos, METRICS, schemes=("model",), candidates=candidates, epochs=30, lr=0.03)["model"]
+    res = nested(combos, METRICS, candidates, outer, epochs=30, lr=0.03)
+    assert [f["held_out"] for f in res["folds"]] == ["a", "b", "c"]
+    for fold in res["folds"]:
+        rest = [c for c in combos if c["model"] != fold["held_out"]]
+        assert fold["chosen"] == evaluate(rest, METRICS, schemes=("model",), candidates=candidates, epochs=30,
+                                          lr=0.03)["chosen"]
+        rows = [r for r in outer["rows"] if r["held_out"] == fold["held_out"]]
+        assert fold["tau"] == pytest.approx(np.mean([r["predictor_tau"][fold["chosen"]] for r in rows]))
+    assert res["mean"] == pytest.approx(np.mean([f["tau"] for f in res["folds"]]))
+
+
+def test_nested_needs_the_model_scheme_first(monkeypatch, capsys, tmp_path):
+    from pathlib import Path
+    from cli_helpers import one_line_error, run_main
+    corpus = Path(__file__).parent.parent / "corpus"
+    code, _, err = run_main(monkeypatch, capsys, "eval-predictor", "--corpus", str(corpus), "--schemes",
+                            "dataset,model", "--nested", "--out", str(tmp_path / "e"))
+    one_line_error(code, err, "--nested compares with the choice leave-one-model-out makes")
+    assert not (tmp_path / "e").exists()
 
 
 def test_held_out_evaluation_does_not_leak_labels():

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 Z=.venv/bin/zest-edge
 export OMP_NUM_THREADS=1
 $Z eval-predictor --corpus corpus/v1 --out reports/predictor_eval_v1
-$Z eval-predictor --corpus corpus --out reports/predictor_eval
+$Z eval-predictor --corpus corpus --out reports/predictor_eval --nested
 # ship the candidate (scorer/features) that won leave-one-model-out
 chosen=$(.venv/bin/python -c 'import json; print(json.load(open("reports/predictor_eval/eval.json"))["results"]["chosen"])')
 .venv/bin/python tools/scorer_study.py --corpus corpus --features "${chosen#*/}" --out reports/scorer_study  # the scorer the limit?

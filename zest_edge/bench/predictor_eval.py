@@ -180,6 +180,21 @@ def evaluate(combos: list[dict], metric_names: list[str], schemes=("model", "dat
     return results
 
 
+def nested(combos: list[dict], metric_names: list[str], candidates: dict, outer: dict, **train_kwargs) -> dict:
+    """Selection inside the fold. `evaluate` chooses the candidate on the same leave-one-model-out folds it reports,
+    so the chosen one's τ is slightly optimistic; here each held-out model gets the candidate that leave-one-model-out
+    on the other models alone picks, scored on its rows as `outer` (evaluate's "model" results) has them."""
+    folds = []
+    for model in sorted({c["model"] for c in combos}):
+        rest = [c for c in combos if c["model"] != model]
+        if len({c["model"] for c in rest}) < 2:
+            continue
+        pick = evaluate(rest, metric_names, schemes=("model",), candidates=candidates, **train_kwargs)["chosen"]
+        taus = [r["predictor_tau"][pick] for r in outer["rows"] if r["held_out"] == model]
+        folds.append({"held_out": model, "chosen": pick, "tau": float(np.mean(taus))})
+    return {"folds": folds, "mean": float(np.mean([f["tau"] for f in folds])) if folds else None}
+
+
 def group_mean(rows: list[dict], candidate: str) -> float:
     """Mean over the held-out groups (folds) of their rows' mean τ: a new model is one draw of a model, not of a
     combination, so a model with five combinations counts as much as a model with one."""
@@ -240,6 +255,15 @@ def markdown(results: dict, metric_names: list[str]) -> str:
         out += [f"| **mean** | | {ceil_mean} | {perfect_mean} | {cells} | | {m['best_train_metric_tau']:.3f} | | "
                 f"{m['oracle_tau']:.3f} | {m['random_tau']:.3f} |",
                 f"| **mean per held-out {scheme}** | | | | {by_group} | | | | | |", ""]
+    if results.get("nested", {}).get("folds"):
+        nest, chosen = results["nested"], results["chosen"]
+        out += ["### Selection inside the fold (leave-one-model-out)", "",
+                f"Each held-out model scored with the candidate that leave-one-model-out on the other models alone "
+                f"picks: mean per held-out model **{nest['mean']:.3f}**, against "
+                f"{results['model']['mean']['predictor_tau_by_group'][chosen]:.3f} for {chosen} chosen on all folds.",
+                "", "| held-out model | chosen on the others | τ (mean of its rows) |", "|---|---|---|"]
+        out += [f"| {f['held_out']} | {f['chosen']} | {f['tau']:.3f} |" for f in nest["folds"]]
+        out.append("")
     pooled = [r for r in results[schemes[0]]["rows"] if "predictor_tau_by_sweep" in r]
     if pooled:
         chosen = results["chosen"]

@@ -169,16 +169,22 @@ def train_predictor(corpus, exclude, out, scorer, features, seed):
 @click.option("--candidates", default=None, help="Comma-separated scorer/features pairs [every one in the study].")
 @click.option("--schemes", default="model,dataset,combination", show_default=True,
               help="Leave-one-X-out schemes; the first chooses the winner (mean τ over its held-out groups).")
-def eval_predictor(corpus, exclude, out, candidates, schemes):
+@click.option("--nested", is_flag=True, help="Also choose inside each leave-one-model-out fold (the unbiased τ of the "
+              "choice; trains a predictor per candidate per inner fold: several minutes on a full corpus).")
+def eval_predictor(corpus, exclude, out, candidates, schemes, nested):
     """Held-out Kendall τ of candidate predictors vs single metrics and the ground truth's ceiling (leave-one-out)."""
     from ..io import write_report
-    from ..bench.predictor_eval import CANDIDATES, SCHEMES, evaluate, markdown
+    from ..bench.predictor_eval import CANDIDATES, SCHEMES, evaluate, markdown, nested as nested_choice
     combos, names = read_corpus(corpus, exclude)
     chosen = {n: CANDIDATES.get_or_fail(n) for n in (candidates.split(",") if candidates else CANDIDATES)}
     schemes = schemes.split(",")
     for scheme in schemes:
         SCHEMES.get_or_fail(scheme)
+    if nested and schemes[0] != "model":
+        raise ZestError("--nested compares with the choice leave-one-model-out makes: put model first in --schemes")
     results = evaluate(combos, names, schemes=schemes, candidates=chosen)
+    if nested:
+        results["nested"] = nested_choice(combos, names, chosen, results["model"])
     text = markdown(results, names)
     click.echo(text)
     if out:
