@@ -25,7 +25,7 @@ def score(predictors: list[Path], files: list[Path]) -> list[dict]:
             row = {"predictor": str(pred_path), "predictor_id": predictor.provenance.get("id"),
                    "trained_on": predictor.provenance.get("corpus"), "file": str(f),
                    "combination": combination_name(c), "layers": len(c["layers"])}
-            lacks = [m for m in predictor.metric_names if m not in c["metric_names"]]
+            lacks = sorted(predictor.metrics_read - set(c["metric_names"]))
             if lacks:
                 rows.append({**row, "tau": None, "top5": None, "not_scored": f"the file lacks {', '.join(lacks)}"})
                 continue

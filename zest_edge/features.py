@@ -56,9 +56,14 @@ def feature_set(name: str, metric_names: list[str]) -> list[str]:
     raise ZestError(f"unknown feature set {name!r}; known: v1, v2, structure, metrics")
 
 
+def metrics_read(names: list[str]) -> set[str]:
+    """The metrics these features are computed from (structure features read none)."""
+    return {n.split(":")[0] for n in names if n not in STRUCTURE_V2}
+
+
 def feature_matrix(layers: list[dict], names: list[str]) -> np.ndarray:
     """[n_layers, len(names)] for one combination; `layers` are metrics.json layer records."""
-    columns = _columns(layers, {n.split(":")[0] for n in names if n not in STRUCTURE_V2})
+    columns = _columns(layers, metrics_read(names))
     unknown = [n for n in names if n not in columns]
     if unknown:
         raise ZestError(f"unknown predictor feature {unknown[0]!r}")

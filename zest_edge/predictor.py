@@ -18,7 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from .errors import ZestError
-from .features import feature_matrix, feature_set, rank01
+from .features import feature_matrix, feature_set, metrics_read, rank01
 from .io import write_json
 from .registry import Registry
 
@@ -232,6 +232,11 @@ class Predictor:
 
     def score(self, layers: list[dict]) -> np.ndarray:
         return self.scorer.score(feature_matrix(layers, self.features))
+
+    @property
+    def metrics_read(self) -> set[str]:
+        """The metrics `score` needs in each layer record (a subset of `metric_names`, empty on structure alone)."""
+        return metrics_read(self.features)
 
     def save(self, path) -> None:
         write_json(path, {"format": "zest-edge/predictor", "version": 2, "metric_names": self.metric_names,
