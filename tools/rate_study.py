@@ -25,15 +25,22 @@ from zest_edge.predictor import Predictor
 MOVED = 0.01        # a layer "moves" when its score at the other rate differs by more than this
 
 
-def unseen(predictors: dict[Path, Predictor], model: str, corpus: Path) -> Path:
-    """The first predictor whose training corpus (its provenance) holds no combination of `model`."""
-    for path, p in predictors.items():
-        if all(load_corpus(corpus / f)[0]["model"] != model for f in p.provenance.get("corpus", [])):
+def models_seen(predictor: Predictor, corpus: Path) -> set[str]:
+    """The models of the combinations a predictor was trained on (its provenance names their files in `corpus`)."""
+    return {load_corpus(corpus / f)[0]["model"] for f in predictor.provenance.get("corpus", [])}
+
+
+def unseen(predictors: dict[Path, Predictor], model: str, corpus: Path, seen: dict[Path, set[str]]) -> Path:
+    """The first predictor that has not seen `model`; `seen` caches models_seen across calls."""
+    for path, predictor in predictors.items():
+        if path not in seen:
+            seen[path] = models_seen(predictor, corpus)
+        if model not in seen[path]:
             return path
     raise ZestError(f"every predictor given has seen {model}; train one without it (train-predictor --exclude)")
 
 
-def study(predictors: dict[Path, Predictor], corpus: Path, other: dict) -> dict:
+def study(predictors: dict[Path, Predictor], seen: dict[Path, set[str]], corpus: Path, other: dict) -> dict:
     """One combination: its probed-rate ground truth against `other` (the same combination at another rate)."""
     path = corpus / other["file"]
     if not path.is_file():
@@ -46,13 +53,13 @@ def study(predictors: dict[Path, Predictor], corpus: Path, other: dict) -> dict:
     y_probed = contributions(probed)
     y_other = np.array([at_other[n] for n in names])
     truths = {"probed": y_probed, "other": y_other, "best_of_two": np.maximum(y_probed, y_other)}
-    chosen = unseen(predictors, probed["model"], corpus)
+    chosen = unseen(predictors, probed["model"], corpus, seen)
     scores = predictors[chosen].score(probed["layers"])
     moved = [{"layer": n, "probed": float(a), "other": float(b)} for n, a, b in zip(names, y_probed, y_other)
              if abs(b - a) > MOVED]
     return {"combination": combination_name(probed), "file": other["file"], "predictor": str(chosen),
-            "probed_lr": probed["lr"],
-            "other_lr": other["lr"], "layers": len(names), "probed_sweeps": len(probed.get("sweeps", [probed])),
+            "probed_lr": probed["lr"], "other_lr": other["lr"], "layers": len(names),
+            "probed_sweeps": len(probed.get("sweeps", [probed])),
             "head_acc": {"probed": probed["head_acc"], "other": other["head_acc"]},
             "rates_agree_tau": tau(y_probed, y_other),
             "predictor_tau": {k: tau(scores, y) for k, y in truths.items()},
@@ -89,7 +96,8 @@ def main() -> int:
 
     def build():
         predictors = {p: Predictor.load(p) for p in args.predictor}
-        rows = [study(predictors, args.corpus, c) for c in load_corpus(args.corpus / "rate_study")]
+        seen = {}
+        rows = [study(predictors, seen, args.corpus, c) for c in load_corpus(args.corpus / "rate_study")]
         return {"format": "zest-edge/rate-study", "version": 1, "rows": rows}, markdown(rows)
     return report_main(args.out, "rate_study", build)
 
