@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
+from zest_edge.corpus import combination_name
 from zest_edge.errors import ZestError
 from zest_edge.io import write_json
 from zest_edge.features import feature_matrix, feature_set
@@ -281,6 +282,49 @@ def test_a_retested_combination_is_scored_by_the_mean_of_its_two_sweeps(tmp_path
     write_json(tmp_path / "retest" / "m.json", short)
     with pytest.raises(ZestError, match="retest lacks 1 of the combination's layers"):
         pool_retests(tmp_path, load_corpus(tmp_path))
+
+
+def test_the_better_of_two_rates_takes_each_layers_higher_pooled_score(tmp_path):
+    """corpus.best_of_two_rates: a layer's ground truth is the higher of its (pooled) scores at the probed rate and at
+    rate_study/<file> (pooled with rate_study/retest/); "sweeps" become the per-seed maxima only where both rates
+    were retested; a combination without a study, or a study lacking layers, is a named error."""
+    from zest_edge.corpus import best_of_two_rates, load_corpus, pool_retests
+    rng = np.random.default_rng(17)
+    layers, _ = synthetic_combo(rng, n=10)
+    def record(scores, lr):
+        return {"format": "zest-edge/combination", "version": 2, "model": "m", "data": "d", "lr": lr,
+                "sweep": {"task": {"resolution": 64}},
+                "layers": [{**l, "contribution": float(v)} for l, v in zip(layers, scores)]}
+    a0, a1, b0, b1, c0 = (rng.uniform(0.5, 0.9, 10) for _ in range(5))
+    for path, scores, lr in [("m.json", a0, 3e-3), ("retest/m.json", a1, 3e-3), ("rate_study/m.json", b0, 1e-3),
+                             ("rate_study/retest/m.json", b1, 1e-3), ("n.json", c0, 3e-3),
+                             ("rate_study/n.json", c0[::-1], 1e-3)]:
+        write_json(tmp_path / path, record(scores, lr))
+    m, n = best_of_two_rates(tmp_path, pool_retests(tmp_path, load_corpus(tmp_path)))
+    assert [l["contribution"] for l in m["layers"]] == pytest.approx(np.maximum((a0 + a1) / 2, (b0 + b1) / 2))
+    assert [l["contribution"] for s in m["sweeps"] for l in s["layers"]] == pytest.approx(
+        np.concatenate([np.maximum(a0, b0), np.maximum(a1, b1)]))
+    assert m["rates"] == [3e-3, 1e-3] and "sweeps" not in n           # n: neither rate retested
+    assert [l["contribution"] for l in n["layers"]] == pytest.approx(np.maximum(c0, c0[::-1]))
+    assert ceilings([m, n])[combination_name(m)]["source"] == "retest"
+    (tmp_path / "rate_study" / "n.json").unlink()
+    with pytest.raises(ZestError, match=r"needs .*rate_study/<file> for every combination: 1 lack one \(e.g. n.json"):
+        best_of_two_rates(tmp_path, load_corpus(tmp_path))
+    short = record(c0, 1e-3)
+    short["layers"] = short["layers"][:-1]
+    write_json(tmp_path / "rate_study" / "n.json", short)
+    with pytest.raises(ZestError, match="n.json: lacks 1 of the combination's layers"):
+        best_of_two_rates(tmp_path, load_corpus(tmp_path))
+
+
+def test_eval_on_the_better_of_two_rates_needs_every_study(monkeypatch, capsys, tmp_path):
+    from pathlib import Path
+    from cli_helpers import one_line_error, run_main
+    corpus = Path(__file__).parent.parent / "corpus"
+    code, _, err = run_main(monkeypatch, capsys, "eval-predictor", "--corpus", str(corpus), "--ground-truth",
+                            "best-of-two-rates", "--out", str(tmp_path / "e"))
+    one_line_error(code, err, "the better-of-two-rates ground truth needs ")
+    assert not (tmp_path / "e").exists()
 
 
 def test_a_corrupt_scorer_model_is_a_clear_error(tmp_path):

@@ -2,10 +2,11 @@
 
 For each corpus/rate_study/X.json (corpus/X.json's sweep at another rate, outside the corpus) it compares the ground
 truth at the probed rate (corpus/X.json, pooled with its retest as eval-predictor does) with the one at the other
-rate and with a layer's better score of the two ("best of two rates", a candidate protocol), and scores it with
-the given predictor that has not seen its model (trained without it: `train-predictor --exclude`) against all
-three. The per-layer maximum of two noisy scores is biased upward, more for noisier scores: read its τ as a lead,
-not a protocol result.
+rate (pooled with rate_study/retest/X.json where there is one) and with a layer's better score of the two
+(`corpus.best_of_two_rates`, `--ground-truth best-of-two-rates`), and scores it with the given predictor that has not
+seen its model (trained without it: `train-predictor --exclude`) against all three. The per-layer maximum of two
+noisy scores is biased upward, more for noisier scores: the retest at the other rate measures what that does to
+the ceiling (eval-predictor --ground-truth best-of-two-rates).
 
 Usage: python tools/rate_study.py --predictor P.json [--predictor Q.json ...] [--corpus corpus]
        [--out reports/rate_study]
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from zest_edge.bench.predictor_eval import contributions, tau, top_overlap
-from zest_edge.corpus import combination_name, load_corpus, pool_retests
+from zest_edge.corpus import best_of_two_rates, combination_name, load_corpus, pool_retests
 from zest_edge.errors import ZestError
 from zest_edge.io import report_main
 from zest_edge.predictor import Predictor
@@ -46,20 +47,22 @@ def study(predictors: dict[Path, Predictor], seen: dict[Path, set[str]], corpus:
     if not path.is_file():
         raise ZestError(f"{corpus / 'rate_study' / other['file']} has no corpus combination {path} to compare with")
     probed = pool_retests(corpus, load_corpus(path))[0]
+    other = pool_retests(corpus / "rate_study", [other])[0]
     names = [l["name"] for l in probed["layers"]]
     at_other = {l["name"]: l["contribution"] for l in other["layers"]}
     if set(at_other) != set(names):
         raise ZestError(f"{other['file']}: its layers differ from {path}'s")
     y_probed = contributions(probed)
     y_other = np.array([at_other[n] for n in names])
-    truths = {"probed": y_probed, "other": y_other, "best_of_two": np.maximum(y_probed, y_other)}
+    best = contributions(best_of_two_rates(corpus, [probed])[0])
+    truths = {"probed": y_probed, "other": y_other, "best_of_two": best}
     chosen = unseen(predictors, probed["model"], corpus, seen)
     scores = predictors[chosen].score(probed["layers"])
     moved = [{"layer": n, "probed": float(a), "other": float(b)} for n, a, b in zip(names, y_probed, y_other)
              if abs(b - a) > MOVED]
     return {"combination": combination_name(probed), "file": other["file"], "predictor": str(chosen),
             "probed_lr": probed["lr"], "other_lr": other["lr"], "layers": len(names),
-            "probed_sweeps": len(probed.get("sweeps", [probed])),
+            "probed_sweeps": len(probed.get("sweeps", [probed])), "other_sweeps": len(other.get("sweeps", [other])),
             "head_acc": {"probed": probed["head_acc"], "other": other["head_acc"]},
             "rates_agree_tau": tau(y_probed, y_other),
             "predictor_tau": {k: tau(scores, y) for k, y in truths.items()},
@@ -68,14 +71,16 @@ def study(predictors: dict[Path, Predictor], seen: dict[Path, set[str]], corpus:
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["# Rate study", "", "Ground truth at the probed rate is the mean of the combination's sweeps there; at the "
-           "other rate, one sweep; best of two: a layer's higher score. Predictor: one that has not seen the model.",
+    out = ["# Rate study", "", "Ground truth at each rate is the mean of the combination's sweeps there (the other "
+           "rate: one sweep unless marked ²); best of two: a layer's higher score. Predictor: one that has not seen "
+           "the model.",
            "",
            "| combination | probed lr | other lr | rates agree τ | layers better at other | predictor | τ: probed "
            "| other | best of two |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         t = r["predictor_tau"]
-        out.append(f"| {r['combination']} | {r['probed_lr']:g} | {r['other_lr']:g} | {r['rates_agree_tau']:.3f} | "
+        out.append(f"| {r['combination']} | {r['probed_lr']:g} | {r['other_lr']:g}{'²' * (r['other_sweeps'] > 1)} | "
+                   f"{r['rates_agree_tau']:.3f} | "
                    f"{r['better_at_other']}/{r['layers']} | {r['predictor']} | {t['probed']:.3f} | {t['other']:.3f} | "
                    f"{t['best_of_two']:.3f} |")
     for r in rows:

@@ -114,3 +114,32 @@ def pool_retests(corpus, combos: list[dict]) -> list[dict]:
         layers = [{**l, "contribution": (l["contribution"] + second[l["name"]]) / 2} for l in c["layers"]]
         out.append({**c, "layers": layers, "sweeps": [c, again]})
     return out
+
+
+def best_of_two_rates(corpus, combos: list[dict]) -> list[dict]:
+    """The better-of-two-rates ground truth (a candidate protocol, README "One learning rate per combination"): the
+    combinations (as `pool_retests` returns them, at the rate their probe chose), each layer's "contribution" the
+    higher of its score there and at the other rate, corpus/rate_study/<same file> (pooled with rate_study/retest/).
+    "sweeps" become the per-training-seed maxima [max(first, other first), max(retest, other retest)] where both
+    rates were retested (the test-retest τ of this score), else are dropped (its ceiling is then estimated)."""
+    studies = Path(corpus) / "rate_study"
+    missing = [c["file"] for c in combos if not (studies / c["file"]).is_file()]
+    if missing:
+        raise ZestError(f"the better-of-two-rates ground truth needs {studies}/<file> for every combination: "
+                        f"{len(missing)} lack one (e.g. {missing[0]}; sweep configs/corpus/rate_study/ or --exclude)")
+
+    def better(a: dict, b: dict) -> dict:
+        at_b = {l["name"]: l["contribution"] for l in b["layers"]}
+        lacking = [l["name"] for l in a["layers"] if l["name"] not in at_b]
+        if lacking:
+            raise ZestError(f"{studies / a['file']}: lacks {len(lacking)} of the combination's layers "
+                            f"(e.g. {lacking[0]})")
+        return {**a, "layers": [{**l, "contribution": max(l["contribution"], at_b[l["name"]])} for l in a["layers"]]}
+    out = []
+    for c in combos:
+        other = pool_retests(studies, load_corpus(studies / c["file"]))[0]
+        pooled = {k: v for k, v in better(c, other).items() if k != "sweeps"}
+        if "sweeps" in c and "sweeps" in other:
+            pooled["sweeps"] = [better(a, b) for a, b in zip(c["sweeps"], other["sweeps"])]
+        out.append({**pooled, "rates": [c["lr"], other["lr"]]})
+    return out

@@ -219,6 +219,9 @@ def markdown(results: dict, metric_names: list[str]) -> str:
            f"expected to score against this ground truth: one noisy sweep, or — marked ² — the mean of a combination's "
            f"sweep and its retest; training combinations with a ceiling below "
            f"{results['low_ceiling']} count {results['low_weight']}×.", ""]
+    if results.get("ground_truth", "probed-rate") != "probed-rate":
+        out += [f"Ground truth: {results['ground_truth']} (`corpus.best_of_two_rates`: a layer's better score of the "
+                f"rate its combination's probe chose and the rate study's other rate).", ""]
     ceilings_ = results["ceilings"]
     if ceilings_["noise_per_se"] is not None:
         out += [f"Training-seed noise measured on the retests: {ceilings_['noise_per_se']:.2f} × the binomial SE of a "

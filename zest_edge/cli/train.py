@@ -124,18 +124,23 @@ def corpus_options(f):
     f = click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False),
                      help="Folder of combination files (its retest/ subfolder holds second sweeps, pooled into the "
                           "ground truth).")(f)
+    f = click.option("--ground-truth", type=click.Choice(["probed-rate", "best-of-two-rates"]), default="probed-rate",
+                     show_default=True, help="A layer's score at the rate the probe chose, or its better score of "
+                     "that and the corpus's rate_study/ sweep at another rate.")(f)
     return f
 
 
-def read_corpus(corpus, exclude):
-    """(combinations with retests pooled (`corpus.pool_retests`), the metrics all of them have)."""
-    from ..corpus import load_corpus, pool_retests
+def read_corpus(corpus, exclude, ground_truth="probed-rate"):
+    """(combinations with retests pooled (`corpus.pool_retests`) and, for "best-of-two-rates", each layer's better
+    score of two rates (`corpus.best_of_two_rates`), the metrics all of them have)."""
+    from ..corpus import best_of_two_rates, load_corpus, pool_retests
     from ..metrics import METRICS
     combos = [c for c in load_corpus(corpus) if not any(x in c["file"] for x in exclude)]
     if not combos:
         raise ZestError("--exclude left no combination")
     names = [m for m in METRICS if all(m in c["metric_names"] for c in combos)]
-    return pool_retests(corpus, combos), names
+    combos = pool_retests(corpus, combos)
+    return (best_of_two_rates(corpus, combos) if ground_truth == "best-of-two-rates" else combos), names
 
 
 @click.command("train-predictor")
@@ -144,17 +149,17 @@ def read_corpus(corpus, exclude):
 @click.option("--scorer", default="lambdarank", show_default=True, help="pairwise, lambdarank or ensemble.")
 @click.option("--features", default="v2", show_default=True, help="Feature set: v1, v2, structure or metrics.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_predictor(corpus, exclude, out, scorer, features, seed):
+def train_predictor(corpus, exclude, ground_truth, out, scorer, features, seed):
     """Train a predictor on a corpus of contribution sweeps (noisy combinations down-weighted as eval-predictor)."""
     import datetime
     from ..predictor import train
     from ..training import config_hash
     from ..corpus import combination_name
     from ..bench.predictor_eval import ceilings, training_set
-    combos, names = read_corpus(corpus, exclude)
+    combos, names = read_corpus(corpus, exclude, ground_truth)
     train_set = training_set(combos, ceilings(combos))
     predictor = train(train_set, names, scorer=scorer, features=features, seed=seed,
-                      provenance={"corpus": [c["file"] for c in combos],
+                      provenance={"corpus": [c["file"] for c in combos], "ground_truth": ground_truth,
                                   "weights": {combination_name(c): t.weight for c, t in zip(combos, train_set)}})
     digest = config_hash(predictor.scorer.to_json())[:8]              # the JSON digest runs are named by
     predictor.provenance["id"] = f"zest-{datetime.date.today().isoformat()}-{digest}"   # rankings name it
@@ -171,18 +176,18 @@ def train_predictor(corpus, exclude, out, scorer, features, seed):
               help="Leave-one-X-out schemes; the first chooses the winner (mean τ over its held-out groups).")
 @click.option("--nested", is_flag=True, help="Also choose inside each leave-one-model-out fold (the unbiased τ of the "
               "choice; trains a predictor per candidate per inner fold: several minutes on a full corpus).")
-def eval_predictor(corpus, exclude, out, candidates, schemes, nested):
+def eval_predictor(corpus, exclude, ground_truth, out, candidates, schemes, nested):
     """Held-out Kendall τ of candidate predictors vs single metrics and the ground truth's ceiling (leave-one-out)."""
     from ..io import write_report
     from ..bench.predictor_eval import CANDIDATES, SCHEMES, evaluate, markdown, nested as nested_choice
-    combos, names = read_corpus(corpus, exclude)
+    combos, names = read_corpus(corpus, exclude, ground_truth)
     chosen = {n: CANDIDATES.get_or_fail(n) for n in (candidates.split(",") if candidates else CANDIDATES)}
     schemes = schemes.split(",")
     for scheme in schemes:
         SCHEMES.get_or_fail(scheme)
     if nested and schemes[0] != "model":
         raise ZestError("--nested compares with the choice leave-one-model-out makes: put model first in --schemes")
-    results = evaluate(combos, names, schemes=schemes, candidates=chosen)
+    results = {**evaluate(combos, names, schemes=schemes, candidates=chosen), "ground_truth": ground_truth}
     if nested:
         results["nested"] = nested_choice(combos, names, chosen, results["model"])
     text = markdown(results, names)
