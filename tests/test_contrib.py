@@ -174,6 +174,23 @@ def test_each_retest_config_is_its_first_sweep_but_for_train_seed_and_rate():
         assert changed <= {"train_seed", "lr_grid"}, (path.name, changed)
 
 
+def test_each_rate_study_config_is_its_combination_at_a_third_of_the_probed_rate():
+    """rate_study/X.yaml changes X.yaml's rate only (to about a third of the one its probe chose); its retest/
+    changes the rate study's training seed only: so the better of two rates compares rates, nothing else."""
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "configs" / "corpus" / "rate_study"
+    studies = sorted(folder.glob("*.yaml"))
+    assert len(studies) == len(list((root / "configs" / "corpus").glob("*.yaml")))      # every combination
+    for path in studies:
+        study, first = load_config(path, None), load_config(folder.parent / path.name, None)
+        probed = json.loads((root / "corpus" / f"{path.stem}.json").read_text())["lr"]
+        assert len(study["lr_grid"]) == 1 and probed / 3.5 < study["lr_grid"][0] < probed, path.name
+        assert {k for k in study.keys() | first.keys() if study.get(k) != first.get(k)} == {"lr_grid"}, path.name
+    for path in sorted((folder / "retest").glob("*.yaml")):
+        retest, study = load_config(path, None), load_config(folder / path.name, None)
+        assert {k for k in retest.keys() | study.keys() if retest.get(k) != study.get(k)} == {"train_seed"}
+
+
 def test_corrupt_corpus_row_is_a_clear_error(tmp_path):
     good = {"format": "zest-edge/combination", "version": 1, "model": "m", "data": "d", "metric_names": ["snip"],
             "layers": [{"name": "a", "contribution": 0.5, "metrics": {"snip": 1.0}},
