@@ -16,7 +16,8 @@ from zest_edge.predictor import Predictor
 
 ROOT = Path(__file__).parent.parent
 TOOL = [sys.executable, str(ROOT / "tools" / "rate_study.py"), "--predictor", "zest_edge/predictors/default.json",
-        *(arg for m in ("mnv2", "lite0", "lite1") for arg in ("--predictor", f"reports/predictors/held_out_{m}.json"))]
+        *(arg for m in ("mnv2", "lite0", "lite1", "lite2", "minilm")
+          for arg in ("--predictor", f"reports/predictors/held_out_{m}.json"))]
 
 
 def test_rate_study_agrees_with_the_predictor_eval_and_takes_the_better_rate(tmp_path):
