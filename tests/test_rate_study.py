@@ -1,6 +1,6 @@
 """tools/rate_study.py on the committed rate-study sweep: it picks the predictor that has not seen the model, its
-probed-rate column is eval-predictor's held-out row, best of two is the per-layer maximum of the pooled sweeps; a study file without its
-corpus combination, or no unseen predictor, is a one-line error."""
+probed-rate column is eval-predictor's held-out row, best of two is the per-layer maximum of the pooled sweeps; a
+study file without its corpus combination, or no unseen predictor, is a one-line error."""
 import json
 import shutil
 import subprocess

@@ -3,10 +3,10 @@
 For each corpus/rate_study/X.json (corpus/X.json's sweep at another rate, outside the corpus) it compares the ground
 truth at the probed rate (corpus/X.json, pooled with its retest as eval-predictor does) with the one at the other
 rate (pooled with rate_study/retest/X.json where there is one) and with a layer's better score of the two
-(`corpus.best_of_two_rates`, `--ground-truth best-of-two-rates`), and scores it with the given predictor that has not
-seen its model (trained without it: `train-predictor --exclude`) against all three. The per-layer maximum of two
-noisy scores is biased upward, more for noisier scores: the retest at the other rate measures what that does to
-the ceiling (eval-predictor --ground-truth best-of-two-rates).
+(`corpus.better_rate`, as `--ground-truth best-of-two-rates` takes it), and scores it with the given predictor that
+has not seen its model (trained without it: `train-predictor --exclude`) against all three. The per-layer maximum
+of two noisy scores is biased upward, more for noisier scores: the retest at the other rate measures what that does
+to the ceiling (eval-predictor --ground-truth best-of-two-rates).
 
 Usage: python tools/rate_study.py --predictor P.json [--predictor Q.json ...] [--corpus corpus]
        [--out reports/rate_study]
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from zest_edge.bench.predictor_eval import contributions, tau, top_overlap
-from zest_edge.corpus import best_of_two_rates, combination_name, load_corpus, pool_retests
+from zest_edge.corpus import better_rate, combination_name, load_corpus, pool_retests
 from zest_edge.errors import ZestError
 from zest_edge.io import report_main
 from zest_edge.predictor import Predictor
@@ -54,8 +54,7 @@ def study(predictors: dict[Path, Predictor], seen: dict[Path, set[str]], corpus:
         raise ZestError(f"{other['file']}: its layers differ from {path}'s")
     y_probed = contributions(probed)
     y_other = np.array([at_other[n] for n in names])
-    best = contributions(best_of_two_rates(corpus, [probed])[0])
-    truths = {"probed": y_probed, "other": y_other, "best_of_two": best}
+    truths = {"probed": y_probed, "other": y_other, "best_of_two": contributions(better_rate(probed, other))}
     chosen = unseen(predictors, probed["model"], corpus, seen)
     scores = predictors[chosen].score(probed["layers"])
     moved = [{"layer": n, "probed": float(a), "other": float(b)} for n, a, b in zip(names, y_probed, y_other)

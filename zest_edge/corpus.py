@@ -116,6 +116,17 @@ def pool_retests(corpus, combos: list[dict]) -> list[dict]:
     return out
 
 
+def better_rate(c: dict, other: dict) -> dict:
+    """`c` with each layer's "contribution" the higher of its own and its score in `other` (the same combination at
+    another rate, corpus/rate_study/<same file>): the better-of-two-rates score."""
+    at_other = {l["name"]: l["contribution"] for l in other["layers"]}
+    lacking = [l["name"] for l in c["layers"] if l["name"] not in at_other]
+    if lacking:
+        raise ZestError(f"rate_study/{other['file']}: lacks {len(lacking)} of the combination's layers "
+                        f"(e.g. {lacking[0]})")
+    return {**c, "layers": [{**l, "contribution": max(l["contribution"], at_other[l["name"]])} for l in c["layers"]]}
+
+
 def best_of_two_rates(corpus, combos: list[dict]) -> list[dict]:
     """The better-of-two-rates ground truth (a candidate protocol, README "One learning rate per combination"): the
     combinations (as `pool_retests` returns them, at the rate their probe chose), each layer's "contribution" the
@@ -127,19 +138,11 @@ def best_of_two_rates(corpus, combos: list[dict]) -> list[dict]:
     if missing:
         raise ZestError(f"the better-of-two-rates ground truth needs {studies}/<file> for every combination: "
                         f"{len(missing)} lack one (e.g. {missing[0]}; sweep configs/corpus/rate_study/ or --exclude)")
-
-    def better(a: dict, b: dict) -> dict:
-        at_b = {l["name"]: l["contribution"] for l in b["layers"]}
-        lacking = [l["name"] for l in a["layers"] if l["name"] not in at_b]
-        if lacking:
-            raise ZestError(f"{studies / a['file']}: lacks {len(lacking)} of the combination's layers "
-                            f"(e.g. {lacking[0]})")
-        return {**a, "layers": [{**l, "contribution": max(l["contribution"], at_b[l["name"]])} for l in a["layers"]]}
     out = []
     for c in combos:
         other = pool_retests(studies, load_corpus(studies / c["file"]))[0]
-        pooled = {k: v for k, v in better(c, other).items() if k != "sweeps"}
+        pooled = {k: v for k, v in better_rate(c, other).items() if k != "sweeps"}
         if "sweeps" in c and "sweeps" in other:
-            pooled["sweeps"] = [better(a, b) for a, b in zip(c["sweeps"], other["sweeps"])]
+            pooled["sweeps"] = [better_rate(a, b) for a, b in zip(c["sweeps"], other["sweeps"])]
         out.append({**pooled, "rates": [c["lr"], other["lr"]]})
     return out
